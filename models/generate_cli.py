@@ -1,0 +1,102 @@
+"""``unclip generate``: prompts in, PNG files out, per-stage timings printed."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from dataclasses import replace
+from pathlib import Path
+
+from PIL import Image
+
+from models.configs import STAGES, SamplingConfig
+from models.pipeline import DTYPES, SIZES, GenerationRequest, UnclipPipeline, load_pipeline
+
+DIFFUSION_STAGES = [s for s in STAGES if s != "clip"]
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser("generate", help="generate images for one prompt or a file of prompts")
+    p.add_argument("prompt", nargs="?", help="the text prompt (or use --prompts-file)")
+    p.add_argument("--prompts-file", type=Path, help="one prompt a line; all lines are generated in batches")
+    p.add_argument("--n", type=int, default=1, help="images per prompt")
+    p.add_argument("--size", type=int, default=256, choices=SIZES)
+    p.add_argument("--seed", type=int, default=0, help="seed of the first prompt; prompt k uses seed + k")
+    p.add_argument("--out", type=Path, default=Path("out"), help="output directory")
+    p.add_argument("--weights", help="model directory (default: the bundled model)")
+    p.add_argument("--random-weights", metavar="CONFIG", help="run on random weights of a preset, e.g. tiny")
+    p.add_argument("--device", default="cpu", help="cpu or cuda")
+    p.add_argument("--dtype", default="float32", choices=sorted(DTYPES))
+    p.add_argument("--batch-size", type=int, default=8, help="prompts sampled together")
+    p.add_argument("--sampler", choices=["ddpm", "ddim", "dpm++2m"], help="sampler for every stage")
+    for stage in DIFFUSION_STAGES:
+        p.add_argument(f"--steps-{stage}", type=int, help=f"sampling steps of the {stage} stage")
+        p.add_argument(f"--guidance-{stage}", type=float, help=f"guidance scale of the {stage} stage")
+    p.set_defaults(func=run)
+
+
+def sampling_from_args(args: argparse.Namespace, defaults: SamplingConfig) -> SamplingConfig:
+    """The model's default sampling settings with the command line's overrides applied."""
+    stages = {}
+    for stage in DIFFUSION_STAGES:
+        settings = defaults.for_stage(stage)
+        steps = getattr(args, f"steps_{stage}", None)
+        guidance = getattr(args, f"guidance_{stage}", None)
+        if steps is not None:
+            settings = replace(settings, steps=steps)
+        if guidance is not None:
+            settings = replace(settings, guidance=guidance)
+        if getattr(args, "sampler", None):
+            settings = replace(settings, sampler=args.sampler)
+        stages[stage] = settings
+    return SamplingConfig(**stages)
+
+
+def read_prompts(args: argparse.Namespace) -> list[str]:
+    if args.prompts_file is not None:
+        lines = args.prompts_file.read_text(encoding="utf-8").splitlines()
+        prompts = [line.strip() for line in lines if line.strip()]
+    elif args.prompt:
+        prompts = [args.prompt]
+    else:
+        prompts = []
+    if not prompts:
+        raise SystemExit("unclip generate: give a PROMPT or a non-empty --prompts-file")
+    return prompts
+
+
+def run(args: argparse.Namespace) -> int:
+    prompts = read_prompts(args)
+    if args.n < 1 or args.batch_size < 1:
+        raise SystemExit("unclip generate: --n and --batch-size must be at least 1")
+    weights = f"random:{args.random_weights}" if args.random_weights else args.weights
+    pipeline: UnclipPipeline = load_pipeline(weights, device=args.device, dtype=args.dtype)
+    sampling = sampling_from_args(args, pipeline.config.sampling)
+    args.out.mkdir(parents=True, exist_ok=True)
+    totals = {stage: 0.0 for stage in STAGES}
+    for first in range(0, len(prompts), args.batch_size):
+        batch = prompts[first : first + args.batch_size]
+        requests = [GenerationRequest(p, n=args.n, seed=args.seed + first + k) for k, p in enumerate(batch)]
+        output = pipeline.generate(requests, args.size, sampling, progress=_print_progress)
+        for k, images in enumerate(output.images):
+            assert images is not None
+            for j, image in enumerate(images):
+                Image.fromarray(image).save(args.out / f"{first + k:04d}_{j}.png")
+        for stage, seconds in output.timings.items():
+            totals[stage] += seconds
+        print(f"\rbatch {first // args.batch_size + 1}: {len(batch)} prompt(s) done" + " " * 30, file=sys.stderr)
+    images = len(prompts) * args.n
+    print(json.dumps({"images": images, "size": args.size, "out": str(args.out), "seconds": _rounded(totals)}))
+    for stage, seconds in totals.items():
+        if seconds:
+            print(f"{stage:>8}: {seconds:8.2f} s total, {seconds / images:7.3f} s/image", file=sys.stderr)
+    return 0
+
+
+def _rounded(totals: dict[str, float]) -> dict[str, float]:
+    return {stage: round(seconds, 4) for stage, seconds in totals.items() if seconds}
+
+
+def _print_progress(stage: str, step: int, total: int) -> None:
+    print(f"\r{stage:>8} step {step}/{total}", end="", file=sys.stderr, flush=True)

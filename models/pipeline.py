@@ -1,0 +1,392 @@
+"""The batched unCLIP chain: text → CLIP → prior → decoder 64² → SR 256² → SR 1024².
+
+``UnclipPipeline.generate`` takes several requests (prompt, n, seed) and samples all their images
+as one batch per stage. Each image row draws its noise from its own generator, seeded from its
+request's seed, image index and stage (:func:`row_seed`), so a request gives the same images
+whatever batch it is sampled in. Every stage runs through one generic :func:`denoise` helper.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from collections.abc import Callable, Collection, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from models.checkpoints import load_into, load_stage_state, read_manifest
+from models.clip import FrozenClip, TextEncoding
+from models.configs import STAGES, ModelConfig, SamplingConfig, StageName, StageSampling, get_config
+from models.diffusion import ClassifierFreeGuidance, RowNoise, sample
+from models.factory import create_stage_diffusion, create_stage_module
+
+DEFAULT_WEIGHTS_DIR = Path(__file__).parent / "default_weights"
+SIZES = (64, 256, 512, 1024)
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+ProgressCallback = Callable[[str, int, int], None]
+CancelCheck = Callable[[], Collection[int]]
+
+
+@dataclass(frozen=True)
+class GenerationRequest:
+    prompt: str
+    n: int = 1
+    seed: int = 0
+
+
+@dataclass
+class GenerationOutput:
+    images: list[np.ndarray | None]  # per request: uint8 [n x H x W x 3]; None when canceled
+    timings: dict[str, float] = field(default_factory=dict)  # stage -> seconds
+
+
+class _AllCanceled(Exception):
+    """Raised from a progress hook to abandon a batch whose every request was canceled."""
+
+
+def stages_for_size(size: int) -> tuple[StageName, ...]:
+    """The diffusion stages a size needs (512 is the 1024 output resized)."""
+    if size not in SIZES:
+        raise ValueError(f"size must be one of {SIZES}, got {size}")
+    chain: tuple[StageName, ...] = ("prior", "decoder")
+    if size >= 256:
+        chain += ("sr256",)
+    if size >= 512:
+        chain += ("sr1024",)
+    return chain
+
+
+def row_seed(seed: int, image_index: int, stage: str, candidate: int = 0) -> int:
+    """A 63-bit seed for one image row of one stage, from the request's seed alone."""
+    key = f"{seed}/{image_index}/{stage}/{candidate}".encode()
+    return int.from_bytes(hashlib.blake2b(key, digest_size=8).digest(), "little") >> 1
+
+
+def to_uint8_images(x: torch.Tensor) -> np.ndarray:
+    """[N x 3 x H x W] in [-1, 1] → uint8 [N x H x W x 3]."""
+    pixels = ((x.float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
+    return pixels.permute(0, 2, 3, 1).cpu().numpy()
+
+
+class _CastModel:
+    """Runs a network in its own dtype while the sampler's math stays in float32."""
+
+    def __init__(self, model: nn.Module, dtype: torch.dtype):
+        self.model = model
+        self.dtype = dtype
+
+    def __call__(self, x: torch.Tensor, t: torch.Tensor, **kwargs: Any) -> torch.Tensor:
+        cast = {
+            k: v.to(self.dtype) if isinstance(v, torch.Tensor) and v.is_floating_point() else v
+            for k, v in kwargs.items()
+        }
+        return self.model(x.to(self.dtype), t, **cast).float()
+
+
+def denoise(
+    stage: StageName,
+    config: ModelConfig,
+    model: Callable[..., torch.Tensor],
+    shape: tuple[int, ...],
+    seeds: Sequence[int],
+    settings: StageSampling,
+    *,
+    cond: dict[str, Any],
+    uncond: dict[str, Any] | None = None,
+    guided_channels: int | None = None,
+    clip_denoised: bool,
+    device: torch.device,
+    progress: Callable[[int, int], None] | None = None,
+) -> torch.Tensor:
+    """Sample one stage: respace its schedule, wrap guidance, run the chosen sampler."""
+    diffusion = create_stage_diffusion(stage, config, steps=settings.steps)
+    if uncond is not None and settings.guidance != 1.0:
+        model = ClassifierFreeGuidance(model, settings.guidance, cond, uncond, guided_channels)
+        kwargs: dict[str, Any] = {}
+    else:
+        kwargs = cond
+    return sample(
+        settings.sampler,
+        diffusion,
+        model,
+        shape,
+        RowNoise(seeds),
+        model_kwargs=kwargs,
+        clip_denoised=clip_denoised,
+        eta=settings.eta,
+        progress=progress,
+        device=device,
+    )
+
+
+class UnclipPipeline:
+    """The five stages, resident on one device, sampled in batches."""
+
+    def __init__(
+        self,
+        config: ModelConfig,
+        modules: dict[StageName, nn.Module],
+        *,
+        model_id: str,
+        device: str | torch.device = "cpu",
+        dtype: str = "float32",
+    ):
+        self.config = config
+        self.model_id = model_id
+        self.device = torch.device(device)
+        self.dtype = DTYPES[dtype]
+        for module in modules.values():
+            module.to(self.device).eval().requires_grad_(False)
+        self.clip = FrozenClip(modules["clip"]).to(self.device)
+        self.networks = {s: modules[s].to(self.dtype) for s in STAGES if s != "clip"}
+
+    # -- construction -------------------------------------------------------------------------
+    @classmethod
+    def from_weights(cls, directory: str | Path, device: str = "cpu", dtype: str = "float32") -> UnclipPipeline:
+        """Our safetensors + manifest directory; hashes and shapes are checked on load."""
+        directory = Path(directory)
+        manifest = read_manifest(directory)
+        modules: dict[StageName, nn.Module] = {}
+        for stage in STAGES:
+            module = create_stage_module(stage, manifest.config)
+            load_into(module, load_stage_state(directory, stage), file_label=str(directory / f"{stage}.safetensors"))
+            modules[stage] = module
+        digest = hashlib.sha256((directory / "manifest.json").read_bytes()).hexdigest()[:16]
+        return cls(manifest.config, modules, model_id=f"weights-{digest}", device=device, dtype=dtype)
+
+    @classmethod
+    def random(cls, config_name: str = "tiny", device: str = "cpu", dtype: str = "float32", seed: int = 0) -> UnclipPipeline:
+        """Random weights (seeded): runs the whole chain before any model is trained."""
+        config = get_config(config_name)
+        torch.manual_seed(seed)
+        modules = {stage: create_stage_module(stage, config) for stage in STAGES}
+        return cls(config, modules, model_id=f"random-{config_name}-{seed}", device=device, dtype=dtype)
+
+    # -- inference ----------------------------------------------------------------------------
+    def encode_text(self, prompts: Sequence[str]) -> TextEncoding:
+        return self.clip.encode_text(list(prompts))
+
+    def generate(
+        self,
+        requests: Sequence[GenerationRequest],
+        size: int,
+        sampling: SamplingConfig | None = None,
+        *,
+        text: TextEncoding | None = None,
+        progress: ProgressCallback | None = None,
+        canceled: CancelCheck | None = None,
+    ) -> GenerationOutput:
+        """Sample every request's images as one batch per stage.
+
+        ``text`` holds one row per request (e.g. from a cache); ``canceled`` is polled every
+        step and the rows of canceled requests are dropped at the next stage boundary.
+        """
+        sampling = sampling or self.config.sampling
+        chain = stages_for_size(size)
+        timings: dict[str, float] = {}
+        # One row per image: (request index, image index within the request).
+        rows = [(i, j) for i, request in enumerate(requests) for j in range(request.n)]
+        dropped: set[int] = set()
+
+        def hook(stage: str) -> Callable[[int, int], None]:
+            def on_step(step: int, total: int) -> None:
+                if progress is not None:
+                    progress(stage, step, total)
+                if canceled is not None:
+                    dropped.update(canceled())
+                    if dropped >= set(range(len(requests))):
+                        raise _AllCanceled
+
+            return on_step
+
+        try:
+            start = self._start_timer()
+            if text is None:
+                text = self.encode_text([r.prompt for r in requests])
+            text = text.to(self.device)
+            timings["clip"] = self._stop_timer(start)
+            hook("clip")(1, 1)
+            x: torch.Tensor | None = None
+            image_embed: torch.Tensor | None = None
+            for stage in chain:
+                rows, keep = self._drop_canceled(rows, dropped)
+                if not rows:
+                    break
+                if keep is not None:
+                    x = x[keep] if x is not None else None
+                    image_embed = image_embed[keep] if image_embed is not None else None
+                row_text = text.select([i for i, _ in rows])
+                seeds = [row_seed(requests[i].seed, j, stage) for i, j in rows]
+                start = self._start_timer()
+                settings = sampling.for_stage(stage)
+                if stage == "prior":
+                    image_embed = self._sample_prior(requests, rows, row_text, settings, hook(stage))
+                elif stage == "decoder":
+                    x = self._sample_decoder(image_embed, row_text, seeds, settings, hook(stage))
+                else:
+                    x = self._sample_upsampler(stage, x, seeds, settings, hook(stage))
+                timings[stage] = self._stop_timer(start)
+        except _AllCanceled:
+            return GenerationOutput(images=[None] * len(requests), timings=timings)
+
+        rows, keep = self._drop_canceled(rows, dropped)
+        if x is not None and keep is not None:
+            x = x[keep]
+        return GenerationOutput(images=self._collect(requests, rows, x, size), timings=timings)
+
+    # -- stages -------------------------------------------------------------------------------
+    def _sample_prior(
+        self,
+        requests: Sequence[GenerationRequest],
+        rows: list[tuple[int, int]],
+        text: TextEncoding,
+        settings: StageSampling,
+        progress: Callable[[int, int], None],
+    ) -> torch.Tensor:
+        """Draw ``candidates`` embeddings per image; keep the one closest to the text (paper §2.2)."""
+        prior = self.networks["prior"]
+        k = self.config.prior.candidates
+        cand_text = text.repeat_interleave(k)  # [R*k rows]
+        seeds = [row_seed(requests[i].seed, j, "prior", c) for i, j in rows for c in range(k)]
+        n = len(seeds)
+        cond = {
+            "text_embed": cand_text.embedding,
+            "text_tokens": cand_text.tokens,
+            "text_mask": cand_text.mask,
+            "drop_text": torch.zeros(n, dtype=torch.bool, device=self.device),
+        }
+        uncond = {**cond, "drop_text": torch.ones(n, dtype=torch.bool, device=self.device)}
+        x0 = denoise(
+            "prior",
+            self.config,
+            _CastModel(prior, self.dtype),
+            (n, self.config.prior.embed_dim),
+            seeds,
+            settings,
+            cond=cond,
+            uncond=uncond,
+            clip_denoised=False,
+            device=self.device,
+            progress=progress,
+        )
+        embeds = F.normalize(x0 / prior.embedding_scale, dim=-1).view(len(rows), k, -1)  # [R x k x D]
+        scores = (embeds * text.embedding.float()[:, None, :]).sum(-1)  # [R x k]
+        best = scores.argmax(dim=1)
+        return embeds[torch.arange(len(rows), device=self.device), best]  # [R x D]
+
+    def _sample_decoder(
+        self,
+        image_embed: torch.Tensor | None,
+        text: TextEncoding,
+        seeds: list[int],
+        settings: StageSampling,
+        progress: Callable[[int, int], None],
+    ) -> torch.Tensor:
+        assert image_embed is not None
+        n = len(seeds)
+        side = self.config.decoder.unet.image_size
+        no = torch.zeros(n, dtype=torch.bool, device=self.device)
+        yes = torch.ones(n, dtype=torch.bool, device=self.device)
+        cond = {
+            "clip_embed": image_embed,
+            "text_tokens": text.tokens,
+            "text_mask": text.mask,
+            "drop_clip": no,
+            "drop_text": no,
+        }
+        # The unconditional half drops both the CLIP embedding and the caption.
+        uncond = {**cond, "drop_clip": yes, "drop_text": yes}
+        return denoise(
+            "decoder",
+            self.config,
+            _CastModel(self.networks["decoder"], self.dtype),
+            (n, 3, side, side),
+            seeds,
+            settings,
+            cond=cond,
+            uncond=uncond,
+            guided_channels=3,
+            clip_denoised=True,
+            device=self.device,
+            progress=progress,
+        )
+
+    def _sample_upsampler(
+        self,
+        stage: StageName,
+        low_res: torch.Tensor | None,
+        seeds: list[int],
+        settings: StageSampling,
+        progress: Callable[[int, int], None],
+    ) -> torch.Tensor:
+        assert low_res is not None
+        side = getattr(self.config, stage).unet.image_size
+        return denoise(
+            stage,
+            self.config,
+            _CastModel(self.networks[stage], self.dtype),
+            (len(seeds), 3, side, side),
+            seeds,
+            settings,
+            cond={"low_res": low_res.clamp(-1, 1)},
+            clip_denoised=True,
+            device=self.device,
+            progress=progress,
+        )
+
+    # -- helpers ------------------------------------------------------------------------------
+    @staticmethod
+    def _drop_canceled(
+        rows: list[tuple[int, int]], dropped: set[int]
+    ) -> tuple[list[tuple[int, int]], list[int] | None]:
+        """Rows of requests not canceled, and the positions kept (None when nothing changed)."""
+        keep = [pos for pos, (i, _) in enumerate(rows) if i not in dropped]
+        if len(keep) == len(rows):
+            return rows, None
+        return [rows[pos] for pos in keep], keep
+
+    def _collect(
+        self,
+        requests: Sequence[GenerationRequest],
+        rows: list[tuple[int, int]],
+        x: torch.Tensor | None,
+        size: int,
+    ) -> list[np.ndarray | None]:
+        images: list[np.ndarray | None] = [None] * len(requests)
+        if x is None or not rows:
+            return images
+        if x.shape[-1] != size:
+            # 512 is the 1024 output resized (antialiased area filter).
+            x = F.interpolate(x.float(), size=(size, size), mode="bilinear", antialias=True)
+        pixels = to_uint8_images(x)
+        for i in sorted({i for i, _ in rows}):
+            images[i] = np.stack([pixels[pos] for pos, (r, _) in enumerate(rows) if r == i])
+        return images
+
+    def _start_timer(self) -> float:
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+        return time.perf_counter()
+
+    def _stop_timer(self, start: float) -> float:
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+        return time.perf_counter() - start
+
+
+def load_pipeline(weights: str | None = None, device: str = "cpu", dtype: str = "float32") -> UnclipPipeline:
+    """``None``: the bundled default model; ``random:<preset>``: random weights; else a weights dir."""
+    if weights is not None and weights.startswith("random:"):
+        return UnclipPipeline.random(weights.split(":", 1)[1], device=device, dtype=dtype)
+    directory = Path(weights) if weights else DEFAULT_WEIGHTS_DIR
+    if not (directory / "manifest.json").is_file():
+        hint = "train one with `unclip train --all --out DIR`, or use random weights (`random:tiny`)"
+        raise FileNotFoundError(f"no model weights at {directory} (manifest.json missing): {hint}")
+    return UnclipPipeline.from_weights(directory, device=device, dtype=dtype)
