@@ -1,0 +1,232 @@
+"""``evaluate``: generate the held-out prompts and score them without trusting the model.
+
+Three measures, as the shapes-world issue asks:
+
+- prompt adherence, by model-free image analysis (:func:`models.evaluation.metrics.adherence`):
+  the fraction of images whose object has the asked color, shape, size and position, and all four;
+- CLIP R-precision with our CLIP (:func:`models.evaluation.metrics.clip_r_precision`, the true
+  prompt among all ``n`` held-out prompts);
+- an FID-style distance between generated and rendered held-out images in our CLIP's
+  image-embedding space (:func:`models.evaluation.metrics.frechet_distance`).
+
+Prompt ``i`` of the held-out set is generated once with seed ``seed + i``, so a report does not
+depend on the batch size.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from tqdm import tqdm
+
+from models.configs import SamplingConfig
+from models.data.shapes import ShapesWorld, parse_caption
+from models.evaluation.grid import save_grid
+from models.evaluation.metrics import BAR_ATTRIBUTES, adherence, clip_r_precision, frechet_distance
+from models.pipeline import GenerationRequest, UnclipPipeline
+
+# The bar for the bundled model at 256x256, default steps, 200 held-out prompts (issue 3).
+BAR: dict[str, float] = {"color": 0.95, "shape": 0.90, "size": 0.90, "position": 0.90}
+HELDOUT_SEED = 0  # the world seed whose held-out set is the evaluation set
+GRID_IMAGES = 32
+EMBED_BATCH = 32
+
+
+@dataclass
+class EvaluationReport:
+    """What ``unclip evaluate`` measured. Accuracies are fractions in [0, 1]."""
+
+    model_id: str
+    n: int
+    size: int
+    sampling: dict[str, Any]  # the SamplingConfig used, as plain data
+    accuracy: dict[str, float]  # per attribute: color, shape, size, position (and background)
+    asked: dict[str, int]  # how many prompts named each attribute (the accuracy's denominator)
+    all_four: float  # color, shape, size and position all right at once
+    r_precision: float  # CLIP R-precision@1 among the n held-out prompts
+    clip_fid: float  # Fréchet distance of CLIP image embeddings, generated vs rendered
+    reference_fid: float  # the same distance, rendered vs rendered of another seed: the floor
+    seconds_per_image: float  # generation wall time / n
+    stage_seconds: dict[str, float]  # total seconds per stage over the whole run
+    device: str = "cpu"
+    grid: str | None = None
+    meta: dict[str, Any] = field(default_factory=dict)
+
+    def stage_seconds_per_image(self) -> dict[str, float]:
+        return {stage: seconds / self.n for stage, seconds in self.stage_seconds.items()}
+
+    def passes_bar(self) -> bool:
+        """Whether color, shape, size and position all reach the issue's bar."""
+        return all(self.accuracy.get(a, 0.0) >= threshold for a, threshold in BAR.items())
+
+    def to_dict(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["stage_seconds_per_image"] = self.stage_seconds_per_image()
+        data["passes_bar"] = self.passes_bar()
+        return data
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2)
+
+    def to_markdown(self) -> str:
+        lines = [
+            f"### Evaluation: {self.n} held-out prompts at {self.size}×{self.size} ({self.model_id}, {self.device})",
+            "",
+            "| measure | value |",
+            "|---|---|",
+        ]
+        for attribute, value in self.accuracy.items():
+            bar = f" (bar {BAR[attribute]:.0%})" if attribute in BAR else ""
+            lines.append(f"| {attribute} | {value:.1%} of {self.asked[attribute]}{bar} |")
+        lines += [
+            f"| all four ({', '.join(BAR_ATTRIBUTES)}) | {self.all_four:.1%} |",
+            f"| CLIP R-precision@1 (among {self.n} prompts) | {self.r_precision:.1%} |",
+            f"| CLIP-FID (generated vs rendered) | {self.clip_fid:.4f} |",
+            f"| CLIP-FID floor (rendered vs rendered, other seed) | {self.reference_fid:.4f} |",
+            f"| seconds per image | {self.seconds_per_image:.3f} |",
+            "",
+            "| stage | steps | guidance | sampler | seconds per image |",
+            "|---|---|---|---|---|",
+        ]
+        for stage, per_image in self.stage_seconds_per_image().items():
+            s = self.sampling.get(stage, {})
+            lines.append(
+                f"| {stage} | {s.get('steps', '–')} | {s.get('guidance', '–')} | {s.get('sampler', '–')} | {per_image:.3f} |"
+            )
+        return "\n".join(lines) + "\n"
+
+
+def _to_clip_input(images: Sequence[np.ndarray], side: int, device: torch.device) -> torch.Tensor:
+    """uint8 ``[H x W x 3]`` images → ``[N x 3 x side x side]`` floats in [-1, 1] (antialiased resize)."""
+    x = torch.from_numpy(np.stack(images)).to(device).permute(0, 3, 1, 2).float() / 127.5 - 1.0  # [N x 3 x H x W]
+    if x.shape[-1] != side or x.shape[-2] != side:
+        x = F.interpolate(x, size=(side, side), mode="bilinear", antialias=True, align_corners=False)
+    return x.clamp(-1.0, 1.0)
+
+
+@torch.no_grad()
+def embed_images(pipeline: UnclipPipeline, images: Sequence[np.ndarray]) -> torch.Tensor:
+    """CLIP image embeddings ``[N x D]`` (unit norm) of uint8 images, in batches of ``EMBED_BATCH``."""
+    side = pipeline.config.clip.image_size
+    chunks = [
+        pipeline.clip.encode_image(_to_clip_input(images[i : i + EMBED_BATCH], side, pipeline.device)).float().cpu()
+        for i in range(0, len(images), EMBED_BATCH)
+    ]
+    return torch.cat(chunks)
+
+
+@torch.no_grad()
+def embed_texts(pipeline: UnclipPipeline, prompts: Sequence[str]) -> torch.Tensor:
+    """CLIP text embeddings ``[N x D]`` (unit norm) of prompts, in batches of ``EMBED_BATCH``."""
+    chunks = [
+        pipeline.clip.encode_text(list(prompts[i : i + EMBED_BATCH])).embedding.float().cpu()
+        for i in range(0, len(prompts), EMBED_BATCH)
+    ]
+    return torch.cat(chunks)
+
+
+def generate_images(
+    pipeline: UnclipPipeline,
+    prompts: Sequence[str],
+    size: int,
+    sampling: SamplingConfig,
+    *,
+    batch_size: int = 8,
+    seed: int = 0,
+    progress: bool = True,
+) -> tuple[list[np.ndarray], dict[str, float], float]:
+    """One image per prompt (prompt ``i`` with seed ``seed + i``), with a tqdm bar over batches.
+
+    Returns the uint8 ``[size x size x 3]`` images, the seconds spent per stage, and the wall time.
+    """
+    images: list[np.ndarray] = []
+    stage_seconds: dict[str, float] = {}
+    starts = range(0, len(prompts), batch_size)
+    bar = tqdm(starts, desc=f"evaluate {size}px", unit="batch", disable=not progress)
+
+    def on_step(stage: str, step: int, total: int) -> None:
+        bar.set_postfix_str(f"{stage} {step}/{total}", refresh=False)
+
+    start = time.perf_counter()
+    for first in bar:
+        batch = prompts[first : first + batch_size]
+        requests = [GenerationRequest(prompt, n=1, seed=seed + first + k) for k, prompt in enumerate(batch)]
+        output = pipeline.generate(requests, size, sampling, progress=on_step if progress else None)
+        for request_images in output.images:
+            assert request_images is not None  # nothing is canceled here
+            images.append(request_images[0])
+        for stage, seconds in output.timings.items():
+            stage_seconds[stage] = stage_seconds.get(stage, 0.0) + seconds
+    bar.close()
+    return images, stage_seconds, time.perf_counter() - start
+
+
+def evaluate(
+    pipeline: UnclipPipeline,
+    n: int = 200,
+    size: int = 256,
+    sampling: SamplingConfig | None = None,
+    batch_size: int = 8,
+    seed: int = 0,
+    progress: bool = True,
+    out_dir: str | Path | None = None,
+) -> EvaluationReport:
+    """Generate the first ``n`` held-out prompts at ``size`` and score them.
+
+    ``sampling`` defaults to the model's own defaults. With ``out_dir``, writes ``grid.png`` (the
+    first :data:`GRID_IMAGES` images, captioned), ``report.json`` and ``report.md`` there.
+    """
+    if n < 2:
+        raise ValueError("evaluate needs n >= 2 (the Fréchet distance fits a covariance)")
+    sampling = sampling or pipeline.config.sampling
+    heldout = ShapesWorld(HELDOUT_SEED).heldout(n, size)
+    prompts = [example.caption for example in heldout]
+    images, stage_seconds, wall = generate_images(
+        pipeline, prompts, size, sampling, batch_size=batch_size, seed=seed, progress=progress
+    )
+    adherence_report = adherence(images, [parse_caption(prompt) for prompt in prompts])
+    generated_emb = embed_images(pipeline, images)  # [n x D]
+    rendered_emb = embed_images(pipeline, [example.image for example in heldout])  # [n x D]
+    report = EvaluationReport(
+        model_id=pipeline.model_id,
+        n=n,
+        size=size,
+        sampling=asdict(sampling),
+        accuracy=adherence_report.accuracy,
+        asked=adherence_report.asked,
+        all_four=adherence_report.all_four,
+        r_precision=clip_r_precision(generated_emb, embed_texts(pipeline, prompts)),
+        clip_fid=frechet_distance(generated_emb, rendered_emb),
+        reference_fid=_reference_fid(pipeline, rendered_emb, n, size),
+        seconds_per_image=wall / n,
+        stage_seconds=stage_seconds,
+        device=str(pipeline.device),
+        meta={"seed": seed, "batch_size": batch_size, "heldout_seed": HELDOUT_SEED},
+    )
+    if out_dir is not None:
+        write_outputs(report, images, prompts, Path(out_dir))
+    return report
+
+
+def _reference_fid(pipeline: UnclipPipeline, rendered_emb: torch.Tensor, n: int, size: int) -> float:
+    """The distance between the held-out renders and ``n`` other renders of the world: what a perfect
+    generator would score at this ``n`` (the estimate is biased upward for small ``n``)."""
+    others = ShapesWorld(HELDOUT_SEED + 1).heldout(n, size)
+    return frechet_distance(rendered_emb, embed_images(pipeline, [example.image for example in others]))
+
+
+def write_outputs(report: EvaluationReport, images: list[np.ndarray], prompts: list[str], out_dir: Path) -> None:
+    """``grid.png``, ``report.json`` and ``report.md`` under ``out_dir``."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    count = min(GRID_IMAGES, len(images))
+    report.grid = str(save_grid(images[:count], prompts[:count], out_dir / "grid.png"))
+    (out_dir / "report.json").write_text(report.to_json() + "\n", encoding="utf-8")
+    (out_dir / "report.md").write_text(report.to_markdown(), encoding="utf-8")
