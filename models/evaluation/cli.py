@@ -19,14 +19,18 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="prompt adherence, CLIP R-precision and CLIP-FID on the held-out prompts",
         description="Generate the held-out prompts (one image each, prompt i with seed SEED+i) and score them.",
     )
-    p.add_argument("--weights", help="model directory (default: the bundled model; random:tiny for random weights)")
+    p.add_argument(
+        "--weights", help="model directory (default: the bundled model; random:tiny for random weights)"
+    )
     p.add_argument("--n", type=int, default=200, help="held-out prompts to generate")
     p.add_argument("--size", type=int, default=256, choices=[64, 256, 512, 1024])
     p.add_argument("--batch-size", type=int, default=8, help="prompts sampled together")
     p.add_argument("--seed", type=int, default=0, help="seed of the first prompt; prompt i uses seed + i")
     p.add_argument("--device", default="cpu", help="cpu or cuda")
     p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
-    p.add_argument("--out", type=Path, default=Path("out/evaluate"), help="writes grid.png, report.json, report.md")
+    p.add_argument(
+        "--out", type=Path, default=Path("out/evaluate"), help="writes grid.png, report.json, report.md"
+    )
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.add_argument("--sampler", choices=SAMPLERS, help="sampler for every stage")
     for stage in DIFFUSION_STAGES:

@@ -15,6 +15,7 @@ depend on the batch size.
 
 from __future__ import annotations
 
+import functools
 import json
 import time
 from collections.abc import Sequence
@@ -24,7 +25,6 @@ from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from tqdm import tqdm
 
 from models.configs import SamplingConfig
@@ -37,7 +37,7 @@ from models.pipeline import GenerationRequest, UnclipPipeline
 BAR: dict[str, float] = {"color": 0.95, "shape": 0.90, "size": 0.90, "position": 0.90}
 HELDOUT_SEED = 0  # the world seed whose held-out set is the evaluation set
 GRID_IMAGES = 32
-EMBED_BATCH = 32
+EMBED_BATCH = 16
 
 
 @dataclass
@@ -104,20 +104,18 @@ class EvaluationReport:
         return "\n".join(lines) + "\n"
 
 
-def _to_clip_input(images: Sequence[np.ndarray], side: int, device: torch.device) -> torch.Tensor:
-    """uint8 ``[H x W x 3]`` images → ``[N x 3 x side x side]`` floats in [-1, 1] (antialiased resize)."""
-    x = torch.from_numpy(np.stack(images)).to(device).permute(0, 3, 1, 2).float() / 127.5 - 1.0  # [N x 3 x H x W]
-    if x.shape[-1] != side or x.shape[-2] != side:
-        x = F.interpolate(x, size=(side, side), mode="bilinear", antialias=True, align_corners=False)
-    return x.clamp(-1.0, 1.0)
+def _to_clip_input(images: Sequence[np.ndarray]) -> torch.Tensor:
+    """uint8 ``[H x W x 3]`` images → ``[N x 3 x H x W]`` floats in [-1, 1] (CLIP resizes them itself)."""
+    return torch.from_numpy(np.stack(images)).permute(0, 3, 1, 2).float() / 127.5 - 1.0
 
 
 @torch.no_grad()
 def embed_images(pipeline: UnclipPipeline, images: Sequence[np.ndarray]) -> torch.Tensor:
     """CLIP image embeddings ``[N x D]`` (unit norm) of uint8 images, in batches of ``EMBED_BATCH``."""
-    side = pipeline.config.clip.image_size
     chunks = [
-        pipeline.clip.encode_image(_to_clip_input(images[i : i + EMBED_BATCH], side, pipeline.device)).float().cpu()
+        pipeline.clip.encode_image(_to_clip_input(images[i : i + EMBED_BATCH]).to(pipeline.device))
+        .float()
+        .cpu()
         for i in range(0, len(images), EMBED_BATCH)
     ]
     return torch.cat(chunks)
@@ -150,7 +148,7 @@ def generate_images(
     images: list[np.ndarray] = []
     stage_seconds: dict[str, float] = {}
     starts = range(0, len(prompts), batch_size)
-    bar = tqdm(starts, desc=f"evaluate {size}px", unit="batch", disable=not progress)
+    bar = tqdm(starts, desc=f"evaluate {size}px", unit="batch", disable=not progress, leave=False)
 
     def on_step(stage: str, step: int, total: int) -> None:
         bar.set_postfix_str(f"{stage} {step}/{total}", refresh=False)
@@ -187,7 +185,7 @@ def evaluate(
     if n < 2:
         raise ValueError("evaluate needs n >= 2 (the Fréchet distance fits a covariance)")
     sampling = sampling or pipeline.config.sampling
-    heldout = ShapesWorld(HELDOUT_SEED).heldout(n, size)
+    heldout = _heldout(HELDOUT_SEED, n, size)
     prompts = [example.caption for example in heldout]
     images, stage_seconds, wall = generate_images(
         pipeline, prompts, size, sampling, batch_size=batch_size, seed=seed, progress=progress
@@ -219,11 +217,19 @@ def evaluate(
 def _reference_fid(pipeline: UnclipPipeline, rendered_emb: torch.Tensor, n: int, size: int) -> float:
     """The distance between the held-out renders and ``n`` other renders of the world: what a perfect
     generator would score at this ``n`` (the estimate is biased upward for small ``n``)."""
-    others = ShapesWorld(HELDOUT_SEED + 1).heldout(n, size)
+    others = _heldout(HELDOUT_SEED + 1, n, size)
     return frechet_distance(rendered_emb, embed_images(pipeline, [example.image for example in others]))
 
 
-def write_outputs(report: EvaluationReport, images: list[np.ndarray], prompts: list[str], out_dir: Path) -> None:
+@functools.lru_cache(maxsize=4)
+def _heldout(world_seed: int, n: int, size: int) -> tuple[Any, ...]:
+    """The world's held-out examples, cached: a sweep evaluates the same set many times."""
+    return tuple(ShapesWorld(world_seed).heldout(n, size))
+
+
+def write_outputs(
+    report: EvaluationReport, images: list[np.ndarray], prompts: list[str], out_dir: Path
+) -> None:
     """``grid.png``, ``report.json`` and ``report.md`` under ``out_dir``."""
     out_dir.mkdir(parents=True, exist_ok=True)
     count = min(GRID_IMAGES, len(images))
