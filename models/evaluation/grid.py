@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import textwrap
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -23,9 +22,16 @@ def _tile(image: np.ndarray) -> Image.Image:
     return Image.fromarray(array).convert("RGB")
 
 
-def _wrap(caption: str, width_px: int) -> list[str]:
-    chars = max(4, width_px // 6)  # the default font is about 6 px a character
-    return textwrap.wrap(caption, width=chars) or [""]
+def _wrap(caption: str, width_px: int, font: ImageFont.ImageFont | ImageFont.FreeTypeFont) -> list[str]:
+    """Greedy word wrap to ``width_px`` as measured in ``font`` (a too-long word gets its own line)."""
+    lines: list[str] = []
+    for word in caption.split():
+        candidate = f"{lines[-1]} {word}" if lines else word
+        if lines and font.getlength(candidate) <= width_px:
+            lines[-1] = candidate
+        else:
+            lines.append(word)
+    return lines or [""]
 
 
 def save_grid(
@@ -47,14 +53,14 @@ def save_grid(
     tile_w, tile_h = tiles[0].size
     if any(t.size != (tile_w, tile_h) for t in tiles):
         raise ValueError("all grid images must have the same size")
-    wrapped = [_wrap(c, tile_w) for c in captions] if captions is not None else None
+    font = ImageFont.load_default()
+    wrapped = [_wrap(c, tile_w, font) for c in captions] if captions is not None else None
     text_h = LINE_HEIGHT * max(len(lines) for lines in wrapped) if wrapped else 0
     columns = max(1, min(columns, len(tiles)))
     rows = -(-len(tiles) // columns)
     cell_w, cell_h = tile_w + PADDING, tile_h + text_h + PADDING
     sheet = Image.new("RGB", (columns * cell_w + PADDING, rows * cell_h + PADDING), BACKGROUND)
     draw = ImageDraw.Draw(sheet)
-    font = ImageFont.load_default()
     for index, tile in enumerate(tiles):
         x = PADDING + (index % columns) * cell_w
         y = PADDING + (index // columns) * cell_h
