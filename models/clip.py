@@ -16,10 +16,12 @@ weights, and weights only come from a local file the user brings.
 from __future__ import annotations
 
 import atexit
+import contextlib
 import json
+import logging
 import shutil
 import tempfile
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -108,9 +110,26 @@ def _config_registry_dir() -> Path:
 
 def build_clip_model(config: ClipConfig) -> open_clip.CLIP:
     """A CLIP with random weights, built by open_clip's factory (nothing is downloaded)."""
-    model = open_clip.create_model(_architecture_name(config), pretrained=None)
+    with _quiet_random_init_warning():
+        model = open_clip.create_model(_architecture_name(config), pretrained=None)
     _check_matches_config(model, config)
     return model
+
+
+@contextlib.contextmanager
+def _quiet_random_init_warning() -> Iterator[None]:
+    """Drop open_clip's root-logger warning that a model was "initialized randomly": here that
+    is intended (weights come from our checkpoints afterwards) and would mislead in worker logs."""
+
+    def keep(record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith("No pretrained weights loaded")
+
+    root = logging.getLogger()
+    root.addFilter(keep)
+    try:
+        yield
+    finally:
+        root.removeFilter(keep)
 
 
 def load_open_clip_checkpoint(config: ClipConfig, path: str | Path) -> open_clip.CLIP:
