@@ -1,0 +1,126 @@
+"""``unclip api``, ``unclip worker`` and ``unclip serve``: registered on the ``unclip`` parser by
+``models/cli.py`` through :func:`register`; ``python -m service.cli`` runs them without it.
+
+Settings come from the environment (``UNCLIP_*``, see ``service/settings.py``); flags cover only
+what differs per process (address, worker count, burst mode).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+from collections.abc import Sequence
+from typing import Any
+
+REDIS_HINT = "start one with `redis-server --daemonize yes --port 6379`, or point UNCLIP_REDIS_URL at yours"
+
+
+def register(subparsers: Any) -> None:
+    """Add ``api``, ``worker`` and ``serve`` to an argparse subparsers object."""
+    api = subparsers.add_parser("api", help="run the HTTP API (FastAPI under uvicorn)")
+    api.add_argument("--host", default="127.0.0.1", help="address to bind (0.0.0.0 in a container)")
+    api.add_argument("--port", type=int, default=8000)
+    api.add_argument("--workers", type=int, default=1, help="uvicorn worker processes")
+    api.set_defaults(func=run_api)
+
+    worker = subparsers.add_parser(
+        "worker", help="run a GPU worker: loads the model once, samples in batches"
+    )
+    worker.add_argument("--burst", action="store_true", help="exit once the queue is empty (tests)")
+    worker.add_argument("--name", default=None, help="worker name (default: random)")
+    worker.set_defaults(func=run_worker)
+
+    serve = subparsers.add_parser("serve", help="API plus one worker on this machine (bundled default model)")
+    serve.add_argument("--host", default="127.0.0.1")
+    serve.add_argument("--port", type=int, default=8000)
+    serve.set_defaults(func=run_serve)
+
+
+def run_api(args: argparse.Namespace) -> int:
+    import uvicorn
+
+    if args.workers > 1 and not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        # Several processes answer /metrics: they must share their metric values through files.
+        os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="unclip-prometheus-")
+    uvicorn.run("service.main:create_app", factory=True, host=args.host, port=args.port, workers=args.workers)
+    return 0
+
+
+def run_worker(args: argparse.Namespace) -> int:
+    from workers.main import run
+
+    return run(burst=args.burst, name=args.name)
+
+
+def check_redis(url: str) -> str | None:
+    """None when Redis answers at ``url``, else why not."""
+    from redis import Redis
+    from redis.exceptions import RedisError
+
+    try:
+        Redis.from_url(url, socket_connect_timeout=2, socket_timeout=2).ping()
+    except RedisError as exc:
+        return str(exc)
+    return None
+
+
+def run_serve(args: argparse.Namespace) -> int:
+    import uvicorn
+
+    from service.main import create_app
+    from service.settings import get_settings
+
+    settings = get_settings()
+    problem = check_redis(settings.redis_url)
+    if problem is not None:
+        print(
+            f"error: no Redis answers at {settings.redis_url} ({problem});\n       {REDIS_HINT}",
+            file=sys.stderr,
+        )
+        return 2
+    worker = subprocess.Popen([sys.executable, "-m", "workers.main"])
+    url = f"http://{args.host}:{args.port}"
+    print(_banner(url), flush=True)
+    try:
+        uvicorn.run(create_app(settings), host=args.host, port=args.port)
+    finally:
+        _stop(worker)
+    return 0
+
+
+def _banner(url: str) -> str:
+    return (
+        f"unCLIP service on {url}  (API docs: {url}/docs; the worker is loading the model)\n"
+        f"try:\n"
+        f"  curl -s -X POST {url}/generate -H 'Content-Type: application/json' \\\n"
+        f'       -d \'{{"prompt": "a watercolor fox in the snow", "n": 1, "size": "256x256"}}\'\n'
+        f"  curl -s {url}/jobs/<id>            # poll until status is succeeded\n"
+        f"  curl -s -o fox.png {url}/jobs/<id>/images/0.png"
+    )
+
+
+def _stop(worker: subprocess.Popen[bytes]) -> None:
+    """Warm shutdown (SIGTERM: finish the batch), then a kill if it does not exit in time."""
+    if worker.poll() is not None:
+        return
+    worker.send_signal(signal.SIGTERM)
+    try:
+        worker.wait(timeout=60)
+    except subprocess.TimeoutExpired:
+        worker.kill()
+        worker.wait()
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m service.cli")
+    register(parser.add_subparsers(dest="command", required=True))
+    args = parser.parse_args(argv)
+    return int(args.func(args))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

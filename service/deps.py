@@ -1,0 +1,85 @@
+"""FastAPI dependencies as ``Annotated`` aliases; the repeated "find this job or 404" lives here."""
+
+from __future__ import annotations
+
+import re
+from typing import Annotated
+
+from fastapi import Depends, Header, Path, Request
+from redis import Redis
+from rq.job import Job
+
+from service.errors import ApiError
+from service.jobs import JobStore
+from service.metrics import ApiMetrics
+from service.settings import Settings, get_settings
+from service.storage import ImageStorage, LocalImageStorage
+
+_JOB_ID = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
+# Visible ASCII only: the key is echoed into logs and Redis key names are hashed from it.
+_IDEMPOTENCY_KEY = re.compile(r"^[\x21-\x7e]{1,255}$")
+
+SettingsDep = Annotated[Settings, Depends(get_settings)]
+
+
+def get_redis(request: Request) -> Redis:
+    redis: Redis = request.app.state.redis
+    return redis
+
+
+RedisDep = Annotated[Redis, Depends(get_redis)]
+
+
+def get_store(redis: RedisDep, settings: SettingsDep) -> JobStore:
+    return JobStore(redis, settings)
+
+
+StoreDep = Annotated[JobStore, Depends(get_store)]
+
+
+def get_storage(settings: SettingsDep) -> ImageStorage:
+    return LocalImageStorage(settings.storage_dir)
+
+
+StorageDep = Annotated[ImageStorage, Depends(get_storage)]
+
+
+def get_metrics(request: Request) -> ApiMetrics:
+    metrics: ApiMetrics = request.app.state.metrics
+    return metrics
+
+
+MetricsDep = Annotated[ApiMetrics, Depends(get_metrics)]
+
+
+def get_job(
+    job_id: Annotated[str, Path(description="the id returned by POST /generate")], store: StoreDep
+) -> Job:
+    """The job, or a 404 (also for ids that could never exist, so ids cannot be probed by shape)."""
+    job = store.fetch(job_id) if _JOB_ID.match(job_id) else None
+    if job is None:
+        raise ApiError(
+            404, "job_not_found", f"no job with id {job_id!r} (unknown, or its record expired)", "job_id"
+        )
+    return job
+
+
+JobDep = Annotated[Job, Depends(get_job)]
+
+
+def get_idempotency_key(
+    idempotency_key: Annotated[
+        str | None, Header(description="retrying a submit with the same key returns the same job")
+    ] = None,
+) -> str | None:
+    if idempotency_key is not None and not _IDEMPOTENCY_KEY.match(idempotency_key):
+        raise ApiError(
+            422,
+            "invalid_parameter",
+            "Idempotency-Key must be 1 to 255 visible ASCII characters",
+            "Idempotency-Key",
+        )
+    return idempotency_key
+
+
+IdempotencyKeyDep = Annotated[str | None, Depends(get_idempotency_key)]

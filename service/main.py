@@ -1,0 +1,58 @@
+"""The FastAPI app: ``create_app()`` wires routers, error handlers, middleware and the lifespan.
+
+The lifespan opens the Redis client (lazily connected: the app starts, and answers 503, while
+Redis is down) and never loads a model: the workers own the model.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI
+from redis import Redis
+
+from service.errors import install_error_handlers
+from service.metrics import ApiMetrics
+from service.middleware import BodyLimitMiddleware, RequestMetricsMiddleware
+from service.routes import generations, health
+from service.settings import Settings, get_settings
+
+
+def open_redis(settings: Settings) -> Redis:
+    """A client with short timeouts, so a dead Redis is a quick 503 rather than a hung request."""
+    return Redis.from_url(
+        settings.redis_url, socket_connect_timeout=2, socket_timeout=5, health_check_interval=30
+    )
+
+
+@asynccontextmanager
+async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+    resolve = app.dependency_overrides.get(get_settings, get_settings)
+    settings: Settings = resolve()
+    app.state.settings = settings
+    app.state.redis = open_redis(settings)
+    try:
+        yield
+    finally:
+        app.state.redis.close()
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    """The API. ``settings`` (tests) replaces the environment through the ``get_settings`` dependency."""
+    settings = settings or get_settings()
+    app = FastAPI(
+        title="unCLIP image generation",
+        version="0.1.0",
+        description="Text-to-image with the unCLIP (DALL-E 2) chain: submit a job, poll it, download PNGs.",
+        lifespan=lifespan,
+    )
+    app.dependency_overrides[get_settings] = lambda: settings
+    app.state.settings = settings
+    app.state.metrics = ApiMetrics.create()
+    app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
+    app.add_middleware(RequestMetricsMiddleware, metrics=app.state.metrics)
+    install_error_handlers(app)
+    app.include_router(generations.router)
+    app.include_router(health.router)
+    return app

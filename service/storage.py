@@ -1,0 +1,128 @@
+"""Where generated images live: outside Redis, behind a small backend interface.
+
+The default backend is a local directory (a shared volume when the API and the workers run on
+different machines). Files are written atomically (a temp file in the same directory, fsync,
+``os.replace``), so a reader never sees half a PNG, and each job's directory carries its expiry
+time so a cleanup pass can delete what is past it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import re
+import shutil
+import tempfile
+import time
+from pathlib import Path
+from typing import Protocol
+
+_JOB_ID = re.compile(r"^[A-Za-z0-9_-]{1,128}$")
+_EXPIRY_FILE = "expires.json"
+_ORPHAN_AGE_S = 3600.0
+
+
+class ImageStorage(Protocol):
+    """What the workers write to and the API reads from."""
+
+    def put(self, job_id: str, index: int, png: bytes, expires_at: float) -> None: ...
+
+    def path(self, job_id: str, index: int) -> Path | None:
+        """The stored PNG, or None when it is missing or expired."""
+        ...
+
+    def delete(self, job_id: str) -> None: ...
+
+    def cleanup(self, now: float | None = None) -> int:
+        """Delete every job whose expiry has passed; returns how many were deleted."""
+        ...
+
+
+class LocalImageStorage:
+    """``root/<first two chars of id>/<job id>/<index>.png`` plus ``expires.json``."""
+
+    def __init__(self, root: Path | str):
+        self.root = Path(root)
+
+    def _job_dir(self, job_id: str) -> Path:
+        if not _JOB_ID.match(job_id):
+            raise ValueError(f"invalid job id {job_id!r}")
+        return self.root / job_id[:2] / job_id
+
+    def put(self, job_id: str, index: int, png: bytes, expires_at: float) -> None:
+        if index < 0:
+            raise ValueError("image index must be >= 0")
+        directory = self._job_dir(job_id)
+        directory.mkdir(parents=True, exist_ok=True)
+        _atomic_write(directory / _EXPIRY_FILE, json.dumps({"expires_at": expires_at}).encode())
+        _atomic_write(directory / f"{index}.png", png)
+
+    def path(self, job_id: str, index: int) -> Path | None:
+        try:
+            directory = self._job_dir(job_id)
+        except ValueError:
+            return None
+        expires_at = _read_expiry(directory)
+        if index < 0 or expires_at is None or expires_at <= time.time():
+            return None
+        file = directory / f"{index}.png"
+        return file if file.is_file() else None
+
+    def delete(self, job_id: str) -> None:
+        shutil.rmtree(self._job_dir(job_id), ignore_errors=True)
+
+    def cleanup(self, now: float | None = None) -> int:
+        now = time.time() if now is None else now
+        deleted = 0
+        if not self.root.is_dir():
+            return 0
+        for shard in self.root.iterdir():
+            if not shard.is_dir():
+                continue
+            for directory in shard.iterdir():
+                if directory.is_dir() and _is_expired(directory, now):
+                    shutil.rmtree(directory, ignore_errors=True)
+                    deleted += 1
+            _remove_if_empty(shard)
+        return deleted
+
+
+def _atomic_write(path: Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` so that readers see either nothing or all of it."""
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def _read_expiry(directory: Path) -> float | None:
+    """The job directory's expiry (unix seconds); None when unreadable or absent."""
+    try:
+        return float(json.loads((directory / _EXPIRY_FILE).read_bytes())["expires_at"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
+def _is_expired(directory: Path, now: float) -> bool:
+    """A directory without a readable expiry file is being written (the file comes first, so
+    for a moment) or was left by a crash: it counts as expired once it is an hour old."""
+    expires_at = _read_expiry(directory)
+    if expires_at is None:
+        try:
+            return directory.stat().st_mtime < now - _ORPHAN_AGE_S
+        except OSError:
+            return False
+    return expires_at <= now
+
+
+def _remove_if_empty(directory: Path) -> None:
+    with contextlib.suppress(OSError):
+        directory.rmdir()
