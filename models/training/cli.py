@@ -1,0 +1,109 @@
+"""``unclip train``: train one stage, or the whole chain, into a model directory.
+
+    unclip train --stage clip|prior|decoder|sr256|sr1024 [--config tiny] [--steps N | --minutes M]
+                 [--batch-size B] [--lr LR] [--device cpu|cuda] [--seed S] [--data-dir DIR] --out DIR
+    unclip train --all [--minutes TOTAL | --steps N] ... --out DIR
+
+Restarting the same command resumes from ``<out>/checkpoints/<stage>.pt``. With ``--all``,
+``--minutes`` is the total budget, split across the stages by the recipe (``STAGE_SHARE``), and
+``--steps`` applies to every stage. Also runnable as ``python -m models.training.cli``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+from typing import Any
+
+from models.configs import STAGES, get_config
+from models.training.config import DEFAULT_TOTAL_MINUTES, get_train_config, stage_minutes
+
+
+def register(subparsers: Any) -> None:
+    parser = subparsers.add_parser(
+        "train",
+        help="train a stage (or all stages) of the model",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    add_arguments(parser)
+    parser.set_defaults(func=run)
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    which = parser.add_mutually_exclusive_group(required=True)
+    which.add_argument("--stage", choices=STAGES, help="the stage to train")
+    which.add_argument(
+        "--all", action="store_true", help="train clip, prior, decoder, sr256, sr1024 in order"
+    )
+    parser.add_argument("--config", default="tiny", help="model preset (default: tiny)")
+    budget = parser.add_mutually_exclusive_group()
+    budget.add_argument("--steps", type=int, help="optimizer steps (per stage with --all)")
+    budget.add_argument(
+        "--minutes",
+        type=float,
+        help=f"training minutes (total with --all; default {DEFAULT_TOTAL_MINUTES:g})",
+    )
+    parser.add_argument("--batch-size", type=int, help="examples per step (default: the recipe's)")
+    parser.add_argument("--lr", type=float, help="peak learning rate (default: the recipe's)")
+    parser.add_argument("--device", default="cpu", help="cpu or cuda (default: cpu)")
+    parser.add_argument(
+        "--seed", type=int, default=0, help="seed for weights, data order and noise (default: 0)"
+    )
+    parser.add_argument(
+        "--data-dir", help="train on a folder of image + caption pairs instead of the shapes world"
+    )
+    parser.add_argument("--out", required=True, help="model directory (weights, checkpoints/, logs/)")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar (logs only)")
+
+
+def run(args: argparse.Namespace) -> int:
+    from models.training.runner import train_all, train_stage
+    from models.training.stages import make_source
+
+    config = get_config(args.config)
+    source = make_source(args.data_dir)
+    stages = list(STAGES) if args.all else [args.stage]
+    minutes = _minutes_per_stage(args, stages)
+    trains = {
+        stage: get_train_config(
+            args.config,
+            stage,
+            steps=args.steps,
+            minutes=minutes[stage],
+            batch_size=args.batch_size,
+            lr=args.lr,
+            seed=args.seed,
+        )
+        for stage in stages
+    }
+    common = {"source": source, "device": args.device, "show_progress": not args.no_progress}
+    if args.all:
+        results = train_all(config, trains, args.out, **common)
+    else:
+        results = [train_stage(args.stage, config, trains[args.stage], args.out, **common)]
+    return 130 if any(r.interrupted for r in results) else 0
+
+
+def _minutes_per_stage(args: argparse.Namespace, stages: list[str]) -> dict[str, float | None]:
+    if args.steps is not None:
+        return dict.fromkeys(stages)
+    if args.all:
+        return dict(stage_minutes(args.minutes or DEFAULT_TOTAL_MINUTES))
+    if args.minutes is not None:
+        return {stages[0]: args.minutes}
+    # One stage with no budget given: its share of the default two hours.
+    return {stages[0]: stage_minutes(DEFAULT_TOTAL_MINUTES)[stages[0]]}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m models.training.cli")
+    subparsers = parser.add_subparsers(dest="command", required=True)
+    register(subparsers)
+    args = parser.parse_args(["train", *(sys.argv[1:] if argv is None else argv)])
+    return int(args.func(args) or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

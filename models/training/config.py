@@ -1,0 +1,102 @@
+"""Training hyperparameters per stage, and the named recipes (``TRAIN_PRESETS``).
+
+The paper's values (Ramesh et al. 2022, Table 3) are for batches of 512–4096 over 600K–1M
+steps: lr 1.0–1.2e-4, EMA 0.9999, and for the prior AdamW β2 0.96 with weight decay 6e-2.
+The ``tiny`` recipe trains each stage for minutes on two CPU cores, so it uses the larger
+learning rates that small networks tolerate, a short warmup, and an EMA decay matched to a few
+thousand steps (the EMA's horizon, 1 / (1 - decay) steps, must be well below the run length).
+``models/training/RECIPE.md`` has the measurements behind each choice.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+from typing import Literal
+
+from models.configs import STAGES, StageName
+
+LossWeighting = Literal["uniform", "min_snr"]
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """How one stage is trained. ``steps`` and ``minutes`` both bound the run (whichever first)."""
+
+    batch_size: int = 32
+    steps: int | None = None
+    minutes: float | None = None
+    lr: float = 3e-4
+    betas: tuple[float, float] = (0.9, 0.999)
+    weight_decay: float = 0.0
+    warmup_steps: int = 100
+    ema_decay: float = 0.999
+    grad_clip: float | None = 1.0
+    seed: int = 0
+    log_every: int = 50
+    checkpoint_every: int = 500  # steps
+    checkpoint_minutes: float = 5.0  # also checkpoint at least this often
+    # Diffusion stages: weighting of the simple (MSE) term over timesteps. "min_snr" is
+    # Hang et al. 2023's min(SNR, gamma) / SNR for epsilon prediction.
+    loss_weighting: LossWeighting = "uniform"
+    min_snr_gamma: float = 5.0
+    # Upsamplers: of this many random crop positions keep the busiest (highest pixel variance),
+    # so that crops land on the object rather than on flat background. 1 = plain random crops.
+    crop_candidates: int = 1
+    # Data stream: batches are read in blocks of this many from one seeded stream each, so a
+    # resume re-reads at most one block to find its place.
+    block_batches: int = 50
+
+
+def _tiny() -> dict[StageName, TrainConfig]:
+    """About two hours on 2 CPU cores in all (see ``STAGE_MINUTES``)."""
+    return {
+        "clip": TrainConfig(batch_size=128, lr=1e-3, weight_decay=0.1, betas=(0.9, 0.98), warmup_steps=100),
+        "prior": TrainConfig(
+            batch_size=128, lr=5e-4, betas=(0.9, 0.96), weight_decay=6e-2, warmup_steps=100, ema_decay=0.999
+        ),
+        "decoder": TrainConfig(batch_size=32, lr=1e-3, warmup_steps=200, ema_decay=0.999),
+        "sr256": TrainConfig(batch_size=16, lr=1e-3, warmup_steps=100, ema_decay=0.995, crop_candidates=4),
+        "sr1024": TrainConfig(batch_size=4, lr=1e-3, warmup_steps=50, ema_decay=0.99, crop_candidates=4),
+    }
+
+
+def _paper() -> dict[StageName, TrainConfig]:
+    """Table 3 of the paper (batch sizes are global batches over many GPUs)."""
+    return {
+        "clip": TrainConfig(
+            batch_size=32768, lr=5e-4, betas=(0.9, 0.98), weight_decay=0.2, warmup_steps=2000
+        ),
+        "prior": TrainConfig(
+            batch_size=4096, steps=600_000, lr=1.1e-4, betas=(0.9, 0.96), weight_decay=6e-2, ema_decay=0.9999
+        ),
+        "decoder": TrainConfig(batch_size=2048, steps=800_000, lr=1.2e-4, ema_decay=0.9999),
+        "sr256": TrainConfig(batch_size=1024, steps=1_000_000, lr=1.2e-4, ema_decay=0.9999),
+        "sr1024": TrainConfig(batch_size=512, steps=1_000_000, lr=1.0e-4, ema_decay=0.9999),
+    }
+
+
+TRAIN_PRESETS = {"tiny": _tiny, "paper": _paper}
+
+# The share of a ``train --all --minutes M`` budget each stage gets (tiny, 2 CPU cores): the
+# decoder decides color, shape, size and position; CLIP must separate them for the decoder.
+STAGE_SHARE: dict[StageName, float] = {
+    "clip": 0.15,
+    "prior": 0.08,
+    "decoder": 0.55,
+    "sr256": 0.16,
+    "sr1024": 0.06,
+}
+DEFAULT_TOTAL_MINUTES = 120.0
+
+
+def get_train_config(preset: str, stage: StageName, **overrides: object) -> TrainConfig:
+    """A stage's recipe from a preset (``tiny`` for unknown model presets), with overrides
+    (``None`` values are ignored)."""
+    recipes = TRAIN_PRESETS.get(preset, _tiny)()
+    base = recipes[stage]
+    return replace(base, **{k: v for k, v in overrides.items() if v is not None})
+
+
+def stage_minutes(total_minutes: float) -> dict[StageName, float]:
+    """Split a total time budget across the stages by ``STAGE_SHARE``."""
+    return {stage: total_minutes * STAGE_SHARE[stage] for stage in STAGES}

@@ -1,0 +1,121 @@
+"""Train one stage or the whole chain into a model directory.
+
+``<out>/`` becomes a weights directory (``manifest.json`` + one ``<stage>.safetensors`` per stage,
+the EMA weights, see :mod:`models.checkpoints`); ``<out>/checkpoints/<stage>.pt`` hold the full
+training state for resuming and ``<out>/logs/<stage>.jsonl`` the training logs. The manifest's
+``notes`` is a JSON object with each stage's steps, examples, seconds and recipe.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+import structlog
+import torch
+
+from models.checkpoints import WeightsError, read_manifest, save_weights
+from models.configs import STAGES, ModelConfig, StageName
+from models.training.config import TrainConfig
+from models.training.loop import Trainer, TrainResult
+from models.training.stages import StageContext, create_task
+
+log = structlog.get_logger("models.training")
+
+MAX_FILE_BYTES = 16 * 1024 * 1024  # each shipped weights file stays under 16 MiB
+
+
+def train_stage(
+    stage: StageName,
+    config: ModelConfig,
+    train: TrainConfig,
+    out_dir: str | Path,
+    *,
+    source: Any,
+    device: str = "cpu",
+    show_progress: bool = True,
+) -> TrainResult:
+    """Train (or resume) one stage to its budget and export its EMA weights into ``out_dir``."""
+    out_dir = Path(out_dir)
+    ctx = StageContext(
+        config=config, train=train, source=source, out_dir=out_dir, device=torch.device(device)
+    )
+    torch.manual_seed(train.seed)  # the initial weights
+    task = create_task(stage, ctx)
+    trainer = Trainer(task, train, out_dir, device=device, show_progress=show_progress)
+    result = trainer.run()
+    if not result.interrupted:
+        export_stage(out_dir, config, stage, trainer.averaged_state_dict(), notes=_notes(result, train))
+    log.info("stage done", **{k: v for k, v in asdict(result).items() if k != "metrics"})
+    return result
+
+
+def train_all(
+    config: ModelConfig,
+    trains: dict[StageName, TrainConfig],
+    out_dir: str | Path,
+    *,
+    source: Any,
+    device: str = "cpu",
+    show_progress: bool = True,
+) -> list[TrainResult]:
+    """clip → prior → decoder → sr256 → sr1024, each resumed from its checkpoint if there is one."""
+    results = []
+    for stage in STAGES:
+        result = train_stage(
+            stage, config, trains[stage], out_dir, source=source, device=device, show_progress=show_progress
+        )
+        results.append(result)
+        if result.interrupted:
+            break
+    return results
+
+
+def _notes(result: TrainResult, train: TrainConfig) -> dict[str, Any]:
+    recipe = {
+        k: v
+        for k, v in asdict(train).items()
+        if k in ("batch_size", "lr", "ema_decay", "seed", "loss_weighting")
+    }
+    return {**result.as_notes(), "recipe": recipe}
+
+
+def export_stage(
+    out_dir: str | Path,
+    config: ModelConfig,
+    stage: StageName,
+    state: dict[str, torch.Tensor],
+    notes: dict[str, Any],
+) -> Path:
+    """Write one stage's weights into the model directory, keeping the other stages.
+
+    Weights are stored in float32 unless that would exceed 16 MiB (CLIP's 49408-token embedding),
+    then in float16.
+    """
+    out_dir = Path(out_dir)
+    size = sum(t.numel() * t.element_size() for t in state.values())
+    if size > MAX_FILE_BYTES:
+        state = {k: v.half() if v.is_floating_point() else v for k, v in state.items()}
+    all_notes = _read_notes(out_dir, config)
+    all_notes[stage] = notes
+    path = save_weights(out_dir, config, {stage: state}, notes=json.dumps(all_notes, sort_keys=True))
+    written = (out_dir / f"{stage}.safetensors").stat().st_size
+    if written > MAX_FILE_BYTES:
+        log.warning("weights file over 16 MiB", stage=stage, bytes=written)
+    return path
+
+
+def _read_notes(out_dir: Path, config: ModelConfig) -> dict[str, Any]:
+    try:
+        manifest = read_manifest(out_dir)
+    except WeightsError:
+        return {}
+    if manifest.config != config or not manifest.notes:
+        return {}
+    try:
+        notes = json.loads(manifest.notes)
+    except json.JSONDecodeError:
+        return {}
+    return notes if isinstance(notes, dict) else {}

@@ -1,0 +1,270 @@
+"""What each stage trains on and how its loss is computed (the :class:`~models.training.loop.TrainTask`\\ s).
+
+- ``clip``: contrastive (open_clip's ``ClipLoss``) on (image, caption) pairs with CLIP's learnable
+  logit scale (clamped at 100 as in open_clip's training).
+- ``prior``: "we train a diffusion prior ... to predict the unnoised z_i directly" (paper Sec. 2.2):
+  x_start = CLIP image embedding * embedding_scale, x0 prediction with MSE, conditioned on the
+  frozen CLIP's text embedding and token states; the text is dropped 10% of the time.
+- ``decoder``: 64x64 images conditioned on the frozen CLIP's image embedding of the same image and
+  the caption's token states; "we randomly set the CLIP embeddings to zero (or a learned
+  embedding) 10% of the time, and randomly drop the text caption 50% of the time" (Sec. 2.1).
+  The hybrid loss (L_simple + L_vlb) comes from the diffusion when it learns sigma.
+- ``sr256`` / ``sr1024``: the target at 256 / 1024, its low-res input the target downsampled to
+  64 / 256 and corrupted (:mod:`models.training.corruption`), trained on matching random crops of
+  1/4 of the target side ("we train on random crops of images that are 1/4 of the target size").
+
+Each task draws all its randomness from the step's generator (see :mod:`models.training.loop`).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from open_clip.loss import ClipLoss
+from torch import nn
+
+from models.checkpoints import WeightsError, load_stage_into
+from models.clip import build_clip_model, encode_images, encode_text_tokens, get_tokenizer
+from models.configs import ModelConfig, StageName
+from models.factory import create_stage_diffusion, create_stage_module
+from models.training.config import TrainConfig
+from models.training.corruption import degrade_low_res, paired_random_crop
+from models.training.stream import ExampleStream
+
+MAX_LOGIT_SCALE = math.log(100.0)
+
+
+def make_source(data_dir: str | Path | None = None) -> Any:
+    """The default data source (the shapes world), or a folder of image + caption pairs."""
+    from models.data.source import FolderSource, ShapesSource
+
+    return ShapesSource() if data_dir is None else FolderSource(Path(data_dir))
+
+
+def images_tensor(examples: list[Any], device: torch.device) -> tuple[torch.Tensor, list[str]]:
+    """``[N x 3 x H x W]`` float in [-1, 1] and the captions, from ``Example``\\ s (uint8 HxWx3)."""
+    pixels = np.stack([np.asarray(e.image, dtype=np.uint8) for e in examples])  # [N x H x W x 3]
+    images = torch.from_numpy(pixels).to(device).permute(0, 3, 1, 2).float() / 127.5 - 1  # [N x 3 x H x W]
+    return images.contiguous(), [e.caption for e in examples]
+
+
+def load_frozen_clip(out_dir: str | Path, config: ModelConfig, device: torch.device) -> nn.Module:
+    """The CLIP trained by the ``clip`` stage (exported to ``out_dir``), frozen."""
+    model = build_clip_model(config.clip)
+    try:
+        load_stage_into(model, out_dir, "clip")
+    except WeightsError as error:
+        raise WeightsError(
+            f"{error}; train CLIP first: `unclip train --stage clip --out {out_dir}`"
+        ) from error
+    return model.to(device).eval().requires_grad_(False)
+
+
+@dataclass
+class StageContext:
+    """What every task needs: the model config, its recipe, data and where the run lives."""
+
+    config: ModelConfig
+    train: TrainConfig
+    source: Any
+    out_dir: Path
+    device: torch.device
+
+
+class _Task:
+    stage: StageName
+    module: nn.Module
+
+    def __init__(self, ctx: StageContext, image_size: int):
+        self.ctx = ctx
+        self.batch_size = ctx.train.batch_size
+        self.device = ctx.device
+        self.stream = ExampleStream(
+            ctx.source, image_size, ctx.train.batch_size, ctx.train.seed, self.stage, ctx.train.block_batches
+        )
+
+    def examples(self, step: int) -> tuple[torch.Tensor, list[str]]:
+        return images_tensor(self.stream.batch(step), self.device)
+
+    def after_step(self) -> None:
+        pass
+
+
+class ClipTask(_Task):
+    """Contrastive CLIP training on (image, caption) pairs."""
+
+    stage: StageName = "clip"
+
+    def __init__(self, ctx: StageContext, module: nn.Module | None = None):
+        super().__init__(ctx, ctx.config.clip.image_size)
+        self.module = module if module is not None else create_stage_module("clip", ctx.config)
+        self.tokenizer = get_tokenizer(ctx.config.clip)
+        self.clip_loss = ClipLoss()
+
+    def batch(self, step: int, generator: torch.Generator) -> dict[str, torch.Tensor]:
+        images, captions = self.examples(step)
+        return {"images": images, "tokens": self.tokenizer(captions).to(self.device)}
+
+    def loss(
+        self, batch: dict[str, torch.Tensor], generator: torch.Generator
+    ) -> tuple[torch.Tensor, dict[str, float]]:
+        image_features = encode_images(self.module, batch["images"])  # [N x D]
+        text_features = encode_text_tokens(self.module, batch["tokens"]).embedding  # [N x D]
+        logit_scale = self.module.logit_scale.exp()
+        loss = self.clip_loss(image_features, text_features, logit_scale)
+        with torch.no_grad():
+            logits = image_features @ text_features.T  # [N x N]
+            labels = torch.arange(len(logits), device=logits.device)
+            accuracy = (logits.argmax(1) == labels).float().mean()
+        return loss, {"logit_scale": float(logit_scale.detach()), "i2t_acc": float(accuracy)}
+
+    def after_step(self) -> None:
+        with torch.no_grad():
+            self.module.logit_scale.clamp_(0, MAX_LOGIT_SCALE)
+
+
+class _DiffusionTask(_Task):
+    """Shared by the diffusion stages: timestep sampling and the training loss."""
+
+    def __init__(self, ctx: StageContext, image_size: int, module: nn.Module | None):
+        super().__init__(ctx, image_size)
+        self.module = module if module is not None else create_stage_module(self.stage, ctx.config)
+        self.diffusion = create_stage_diffusion(self.stage, ctx.config)
+        snr = _snr(self.diffusion)
+        self.snr = torch.as_tensor(snr, dtype=torch.float32, device=self.device)
+
+    def diffusion_loss(
+        self, x_start: torch.Tensor, model_kwargs: dict[str, Any], generator: torch.Generator
+    ) -> tuple[torch.Tensor, dict[str, float]]:
+        n = x_start.shape[0]
+        t = torch.randint(0, self.diffusion.num_timesteps, (n,), generator=generator).to(self.device)  # [N]
+        noise = torch.randn(x_start.shape, generator=generator).to(self.device)  # like x_start
+        terms = self.diffusion.training_losses(
+            self.module, x_start, t, model_kwargs=model_kwargs, noise=noise
+        )
+        loss = terms["loss"]  # [N]
+        metrics = {k: float(v.mean()) for k, v in terms.items() if k != "loss" and torch.is_tensor(v)}
+        if self.ctx.train.loss_weighting == "min_snr" and "mse" in terms:
+            # Hang et al. 2023 (Min-SNR): weight the simple term by min(SNR, gamma) / SNR for
+            # epsilon prediction; the variational term (learned sigma) is left as it is.
+            snr = self.snr[t]
+            weight = torch.minimum(snr, torch.full_like(snr, self.ctx.train.min_snr_gamma)) / snr
+            loss = loss - terms["mse"] + weight * terms["mse"]
+        return loss.mean(), metrics
+
+
+def _snr(diffusion: Any) -> np.ndarray:
+    alphas_cumprod = np.asarray(diffusion.alphas_cumprod, dtype=np.float64)
+    return alphas_cumprod / np.maximum(1.0 - alphas_cumprod, 1e-20)
+
+
+class PriorTask(_DiffusionTask):
+    """(text encoding, CLIP image embedding) pairs from the frozen trained CLIP."""
+
+    stage: StageName = "prior"
+
+    def __init__(self, ctx: StageContext, module: nn.Module | None = None, clip: nn.Module | None = None):
+        super().__init__(ctx, ctx.config.clip.image_size, module)
+        self.clip = clip if clip is not None else load_frozen_clip(ctx.out_dir, ctx.config, ctx.device)
+        self.tokenizer = get_tokenizer(ctx.config.clip)
+        self.scale = float(getattr(self.module, "embedding_scale", None) or _embedding_scale(ctx.config))
+
+    @torch.no_grad()
+    def batch(self, step: int, generator: torch.Generator) -> dict[str, torch.Tensor]:
+        images, captions = self.examples(step)
+        text = encode_text_tokens(self.clip, self.tokenizer(captions).to(self.device))
+        drop_text = torch.rand(len(captions), generator=generator) < self.ctx.config.prior.text_drop_prob
+        return {
+            "image_embed": encode_images(self.clip, images),  # [N x D] unit norm
+            "text_embed": text.embedding,  # [N x D]
+            "text_tokens": text.tokens,  # [N x L x W]
+            "text_mask": text.mask,  # [N x L]
+            "drop_text": drop_text.to(self.device),  # [N]
+        }
+
+    def loss(
+        self, batch: dict[str, torch.Tensor], generator: torch.Generator
+    ) -> tuple[torch.Tensor, dict[str, float]]:
+        x_start = batch["image_embed"] * self.scale  # [N x D], about unit variance per component
+        kwargs = {k: batch[k] for k in ("text_embed", "text_tokens", "text_mask", "drop_text")}
+        return self.diffusion_loss(x_start, kwargs, generator)
+
+
+def _embedding_scale(config: ModelConfig) -> float:
+    return config.prior.embedding_scale or math.sqrt(config.prior.embed_dim)
+
+
+class DecoderTask(_DiffusionTask):
+    """64x64 images conditioned on their own CLIP image embedding and their caption's tokens."""
+
+    stage: StageName = "decoder"
+
+    def __init__(self, ctx: StageContext, module: nn.Module | None = None, clip: nn.Module | None = None):
+        super().__init__(ctx, ctx.config.decoder.unet.image_size, module)
+        self.clip = clip if clip is not None else load_frozen_clip(ctx.out_dir, ctx.config, ctx.device)
+        self.tokenizer = get_tokenizer(ctx.config.clip)
+
+    @torch.no_grad()
+    def batch(self, step: int, generator: torch.Generator) -> dict[str, torch.Tensor]:
+        images, captions = self.examples(step)
+        text = encode_text_tokens(self.clip, self.tokenizer(captions).to(self.device))
+        n = len(captions)
+        decoder = self.ctx.config.decoder
+        return {
+            "x_start": images,  # [N x 3 x 64 x 64]
+            "clip_embed": encode_images(self.clip, images),  # [N x D] unit norm
+            "text_tokens": text.tokens,  # [N x L x W]
+            "text_mask": text.mask,  # [N x L]
+            "drop_clip": (torch.rand(n, generator=generator) < decoder.clip_drop_prob).to(self.device),
+            "drop_text": (torch.rand(n, generator=generator) < decoder.text_drop_prob).to(self.device),
+        }
+
+    def loss(
+        self, batch: dict[str, torch.Tensor], generator: torch.Generator
+    ) -> tuple[torch.Tensor, dict[str, float]]:
+        kwargs = {k: v for k, v in batch.items() if k != "x_start"}
+        return self.diffusion_loss(batch["x_start"], kwargs, generator)
+
+
+class UpsamplerTask(_DiffusionTask):
+    """Crops of the target and of its downsampled, corrupted low-res input."""
+
+    def __init__(self, ctx: StageContext, stage: StageName, module: nn.Module | None = None):
+        self.stage = stage
+        self.upsampler = getattr(ctx.config, stage)
+        super().__init__(ctx, self.upsampler.unet.image_size, module)
+
+    @torch.no_grad()
+    def batch(self, step: int, generator: torch.Generator) -> dict[str, torch.Tensor]:
+        target, _ = self.examples(step)  # [N x 3 x S x S]
+        low_res = degrade_low_res(self.upsampler, target.cpu(), generator).to(self.device)  # [N x 3 x s x s]
+        crop, low_crop = paired_random_crop(
+            target, low_res, self.upsampler.crop_fraction, generator, self.ctx.train.crop_candidates
+        )
+        return {
+            "x_start": crop.contiguous(),
+            "low_res": low_crop.contiguous(),
+        }  # [N x 3 x S/4 ...], [N x 3 x s/4 ...]
+
+    def loss(
+        self, batch: dict[str, torch.Tensor], generator: torch.Generator
+    ) -> tuple[torch.Tensor, dict[str, float]]:
+        return self.diffusion_loss(batch["x_start"], {"low_res": batch["low_res"]}, generator)
+
+
+def create_task(stage: StageName, ctx: StageContext) -> _Task:
+    """The task of one stage (prior and decoder load the frozen CLIP from ``ctx.out_dir``)."""
+    if stage == "clip":
+        return ClipTask(ctx)
+    if stage == "prior":
+        return PriorTask(ctx)
+    if stage == "decoder":
+        return DecoderTask(ctx)
+    if stage in ("sr256", "sr1024"):
+        return UpsamplerTask(ctx, stage)
+    raise ValueError(f"unknown stage {stage!r}")
