@@ -53,7 +53,7 @@ def run_api(args: argparse.Namespace) -> int:
 def run_worker(args: argparse.Namespace) -> int:
     from workers.main import run
 
-    return run(burst=args.burst, name=args.name)
+    return int(run(burst=args.burst, name=args.name))
 
 
 def check_redis(url: str) -> str | None:

@@ -134,6 +134,11 @@ def new_job_id() -> str:
     return "gen_" + secrets.token_urlsafe(18)
 
 
+def dump_meta(meta: dict[str, Any]) -> bytes:
+    """``meta`` as rq's JSON serializer stores it (for writing the field in a pipeline)."""
+    return json.dumps(meta).encode()
+
+
 def public_status(job: Job) -> JobStatus:
     return _RQ_TO_PUBLIC.get(job.get_status(refresh=False), JobStatus.QUEUED)
 

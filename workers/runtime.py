@@ -1,0 +1,146 @@
+"""The worker's resident model: loaded once, then sampled batch after batch.
+
+An explicit state machine (cog's ``WorkerState``): STARTING while the pipeline loads, READY
+between batches, BUSY during one, DEFUNCT after a failed load or an error that leaves the device
+unusable (a CUDA error other than out-of-memory); a DEFUNCT worker stops taking jobs so that its
+supervisor restarts it. Transitions are checked by :meth:`Runtime._assert_state`.
+"""
+
+from __future__ import annotations
+
+import enum
+import logging
+import time
+from collections.abc import Callable, Collection, Sequence
+from typing import TYPE_CHECKING
+
+from models.configs import SamplingConfig
+from service.metrics import WorkerMetrics
+from workers.text_cache import TextEncodingCache
+
+if TYPE_CHECKING:
+    from models.pipeline import GenerationOutput, GenerationRequest, UnclipPipeline
+
+log = logging.getLogger("unclip.worker")
+
+Loader = Callable[[], "UnclipPipeline"]
+CacheFactory = Callable[[str], TextEncodingCache]
+
+
+class RuntimeState(enum.Enum):
+    STARTING = "starting"
+    READY = "ready"
+    BUSY = "busy"
+    DEFUNCT = "defunct"
+
+
+class InvalidStateError(RuntimeError):
+    pass
+
+
+class Runtime:
+    """Owns the pipeline and the text cache; one batch at a time."""
+
+    def __init__(self, loader: Loader, cache_factory: CacheFactory, metrics: WorkerMetrics | None = None):
+        self._loader = loader
+        self._cache_factory = cache_factory
+        self._metrics = metrics
+        self._state = RuntimeState.STARTING
+        self._pipeline: UnclipPipeline | None = None
+        self._cache: TextEncodingCache | None = None
+
+    @property
+    def state(self) -> RuntimeState:
+        return self._state
+
+    def _assert_state(self, *allowed: RuntimeState) -> None:
+        if self._state not in allowed:
+            names = ", ".join(s.name for s in allowed)
+            raise InvalidStateError(f"runtime is {self._state.name}, expected {names}")
+
+    def _set_state(self, state: RuntimeState) -> None:
+        log.debug("runtime %s -> %s", self._state.name, state.name)
+        self._state = state
+        if self._metrics is not None:
+            self._metrics.worker_up.set(1 if state in (RuntimeState.READY, RuntimeState.BUSY) else 0)
+
+    @property
+    def pipeline(self) -> UnclipPipeline:
+        self._assert_state(RuntimeState.READY, RuntimeState.BUSY)
+        assert self._pipeline is not None
+        return self._pipeline
+
+    @property
+    def default_sampling(self) -> SamplingConfig:
+        return self.pipeline.config.sampling
+
+    def start(self) -> None:
+        """Load the pipeline (STARTING → READY, or DEFUNCT and re-raise)."""
+        self._assert_state(RuntimeState.STARTING)
+        started = time.perf_counter()
+        try:
+            self._pipeline = self._loader()
+        except Exception:
+            self._set_state(RuntimeState.DEFUNCT)
+            raise
+        self._cache = self._cache_factory(self._pipeline.model_id)
+        log.info(
+            "model %s loaded on %s in %.1fs",
+            self._pipeline.model_id,
+            self._pipeline.device,
+            time.perf_counter() - started,
+        )
+        self._set_state(RuntimeState.READY)
+
+    def stop(self) -> None:
+        self._set_state(RuntimeState.DEFUNCT)
+        self._pipeline = None
+
+    def generate(
+        self,
+        requests: Sequence[GenerationRequest],
+        size: int,
+        sampling: SamplingConfig,
+        *,
+        progress: Callable[[str, int, int], None] | None = None,
+        canceled: Callable[[], Collection[int]] | None = None,
+    ) -> GenerationOutput:
+        """One batch: text encodings through the cache, then the chain (READY → BUSY → READY)."""
+        self._assert_state(RuntimeState.READY)
+        pipeline, cache = self.pipeline, self._cache
+        assert cache is not None
+        self._set_state(RuntimeState.BUSY)
+        try:
+            started = time.perf_counter()
+            text = cache.encode([r.prompt for r in requests], pipeline.encode_text)
+            encode_s = time.perf_counter() - started
+            output = pipeline.generate(
+                requests, size, sampling, text=text, progress=progress, canceled=canceled
+            )
+        except Exception as exc:
+            self._set_state(RuntimeState.DEFUNCT if _is_fatal(exc) else RuntimeState.READY)
+            raise
+        self._set_state(RuntimeState.READY)
+        # The pipeline's "clip" timing covers only moving the cached rows to the device.
+        output.timings["clip"] = encode_s + output.timings.get("clip", 0.0)
+        self._observe(output)
+        return output
+
+    def _observe(self, output: GenerationOutput) -> None:
+        if self._metrics is None:
+            return
+        for stage, seconds in output.timings.items():
+            self._metrics.stage_latency.labels(stage).observe(seconds)
+        pipeline = self.pipeline
+        if pipeline.device.type == "cuda":
+            import torch
+
+            self._metrics.gpu_memory.set(torch.cuda.memory_allocated(pipeline.device))
+
+
+def _is_fatal(exc: BaseException) -> bool:
+    """A CUDA error other than out-of-memory leaves the context unusable: restart the process."""
+    message = str(exc)
+    if "out of memory" in message.lower():
+        return False
+    return "CUDA error" in message or "device-side assert" in message

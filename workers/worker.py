@@ -1,0 +1,328 @@
+"""The rq worker that samples compatible jobs together, in-process, on a resident model.
+
+:class:`BatchingWorker` subclasses rq's ``BaseWorker`` and overrides only ``execute_job``, the
+template-method hook rq calls with each dequeued job. Like ``SimpleWorker`` it never forks
+(CUDA and a resident model forbid it). For the job rq hands it, it:
+
+1. claims more compatible queued jobs (``workers.batching``) for up to ``max_wait_ms``, moving
+   each atomically out of the queue into its owned set (``workers.leases.Ownership``);
+2. starts every member through rq's own bookkeeping (``prepare_execution`` and
+   ``prepare_job_execution``: StartedJobRegistry, status ``started``);
+3. samples them as one batch (``workers.runtime``), writing progress and watching for cancels;
+4. ends each member through rq's own paths: ``_finalize_success`` (result, FinishedJobRegistry)
+   or ``_finalize_failure`` (exception, FailedJobRegistry); a canceled member through
+   ``job.cancel()`` (CanceledJobRegistry). So ``rq info`` and the registries tell the truth.
+
+A SIGTERM during a batch is rq's warm shutdown: the batch finishes, then the worker exits.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import logging
+import sys
+import threading
+import time
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass
+from types import TracebackType
+from typing import Any
+
+import numpy as np
+from PIL import Image
+from rq.exceptions import InvalidJobOperation
+from rq.executions import Execution
+from rq.job import Job
+from rq.job import JobStatus as RqStatus
+from rq.queue import Queue
+from rq.serializers import JSONSerializer
+from rq.timeouts import JobTimeoutException
+from rq.worker import BaseWorker, WorkerStatus
+
+from models.pipeline import GenerationRequest, stages_for_size
+from service.jobs import JobStore, dump_meta
+from service.metrics import WorkerMetrics
+from service.schemas import JobStatus
+from service.settings import Settings
+from service.storage import ImageStorage
+from workers.batching import Batch, BatchKey, BatchLimits, Candidate
+from workers.leases import Ownership
+from workers.progress import CancelWatch, ProgressWriter
+from workers.runtime import Runtime, RuntimeState
+from workers.tasks import GenerationTask
+from workers.webhooks import FinalReporter
+
+log = logging.getLogger("unclip.worker")
+
+ExcInfo = tuple[type[BaseException] | None, BaseException | None, TracebackType | None]
+_POLL_S = 0.01  # how often the batch window looks at the queue again
+_SCAN = 4  # queue entries examined per free batch slot
+
+
+@dataclass
+class Member:
+    """A job taken into the batch."""
+
+    job: Job
+    task: GenerationTask | None  # None when the payload cannot be read (the job fails)
+    execution: Execution | None = None
+
+
+class BatchingWorker(BaseWorker):
+    """An rq worker whose ``execute_job`` runs a whole batch; see the module docstring."""
+
+    def __init__(
+        self,
+        queues: Sequence[Queue],
+        *,
+        runtime: Runtime,
+        settings: Settings,
+        storage: ImageStorage,
+        metrics: WorkerMetrics | None = None,
+        **kwargs: Any,
+    ):
+        super().__init__(queues, serializer=JSONSerializer, **kwargs)
+        self.runtime = runtime
+        self.settings = settings
+        self.storage = storage
+        self.metrics = metrics
+        self.store = JobStore(self.connection, settings)
+        self.ownership = Ownership(self.connection, self.store.keys, self.store.queue, self.name)
+        self.report_final = FinalReporter(self.store, metrics)
+        self.limits = BatchLimits(max_images=settings.max_batch, max_wait_s=settings.max_wait_ms / 1000)
+        self._running: list[Member] = []
+        self._running_lock = threading.Lock()
+
+    # -- the rq hook --------------------------------------------------------------------------
+    def execute_job(self, job: Job, queue: Queue) -> None:
+        """Run ``job`` and the compatible jobs that join it within the batch window."""
+        self.set_state(WorkerStatus.BUSY)  # from here a SIGTERM waits for the batch (warm stop)
+        self.ownership.adopt(job.id)
+        try:
+            members = self._start(self._gather(job), queue)
+            if members:
+                self._run(members, queue)
+        finally:
+            self._set_running([])
+            self.set_state(WorkerStatus.IDLE)
+        if self.runtime.state is RuntimeState.DEFUNCT:
+            log.error("the model runtime is defunct; stopping this worker")
+            self._stop_requested = True
+
+    # -- 1. gather ----------------------------------------------------------------------------
+    def _gather(self, first: Job) -> list[Member]:
+        member = _member(first)
+        if member.task is None:
+            return [member]
+        batch = Batch(self._candidate(member.task, first.id), self.limits, started_at=time.monotonic())
+        members = {first.id: member}
+        seen: dict[str, Member | None] = {first.id: member}
+        while not batch.is_full():
+            for candidate in batch.choose(self._waiting(seen, batch)):
+                if self.ownership.claim(candidate.job_id):
+                    batch.add(candidate)
+                    members[candidate.job_id] = seen[candidate.job_id]  # type: ignore[assignment]
+            now = time.monotonic()
+            if not batch.should_wait(now):
+                break
+            time.sleep(min(_POLL_S, batch.time_left(now)))
+        return [members[job_id] for job_id in batch.job_ids]
+
+    def _waiting(self, seen: dict[str, Member | None], batch: Batch) -> list[Candidate]:
+        """The first few queued jobs as candidates, in queue order (unreadable ones skipped)."""
+        window = _SCAN * max(1, self.limits.max_images - batch.images)
+        raw = self.connection.lrange(self.store.queue.key, 0, window - 1)
+        job_ids = [j.decode() if isinstance(j, bytes) else str(j) for j in raw]
+        new = [job_id for job_id in job_ids if job_id not in seen]
+        for job_id, job in zip(new, Job.fetch_many(new, self.connection, JSONSerializer), strict=True):
+            seen[job_id] = _member(job) if job is not None else None
+        candidates = []
+        for job_id in job_ids:
+            member = seen.get(job_id)
+            if member is not None and member.task is not None:
+                candidates.append(self._candidate(member.task, job_id))
+        return candidates
+
+    def _candidate(self, task: GenerationTask, job_id: str) -> Candidate:
+        key = BatchKey(task.size, task.sampling(self.runtime.default_sampling))
+        return Candidate(job_id, key, task.request.n)
+
+    # -- 2. start -----------------------------------------------------------------------------
+    def _start(self, members: list[Member], queue: Queue) -> list[Member]:
+        """Move each member to ``started`` in rq; drop those canceled meanwhile."""
+        started: list[Member] = []
+        for member in members:
+            job = member.job
+            if job.get_status() is RqStatus.CANCELED or self.connection.exists(
+                self.store.keys.cancel(job.id)
+            ):
+                self._cancel_unstarted(job)
+                continue
+            member.execution = self.prepare_execution(job)
+            self.prepare_job_execution(job, remove_from_intermediate_queue=True)
+            if member.task is None:
+                error = ValueError("the job's payload is not a valid generation request")
+                self._fail(member, queue, (ValueError, error, None), "invalid_job")
+                continue
+            started.append(member)
+        self._set_running(started)
+        self._record_start(started)
+        return started
+
+    def _record_start(self, members: list[Member]) -> None:
+        if not members:
+            return
+        batch_id = uuid.uuid4().hex[:12]
+        images = sum(m.task.request.n for m in members if m.task is not None)
+        now = time.time()
+        with self.connection.pipeline(transaction=False) as pipe:
+            for member in members:
+                assert member.task is not None
+                sampling = member.task.sampling(self.runtime.default_sampling)
+                member.job.meta.update(
+                    batch_id=batch_id,
+                    batch_size=images,
+                    sampling={s: vars(sampling.for_stage(s)) for s in stages_for_size(member.task.size)},
+                    progress={"stage": "clip", "step": 0, "total": 1, "fraction": 0.0},
+                )
+                pipe.hset(member.job.key, "meta", dump_meta(member.job.meta))
+                if self.metrics is not None and "created_at" in member.job.meta:
+                    self.metrics.queue_wait.observe(max(0.0, now - float(member.job.meta["created_at"])))
+            pipe.execute()
+
+    # -- 3. sample ----------------------------------------------------------------------------
+    def _run(self, members: list[Member], queue: Queue) -> None:
+        tasks = [m.task for m in members if m.task is not None]
+        size, sampling = tasks[0].size, tasks[0].sampling(self.runtime.default_sampling)
+        requests = [GenerationRequest(t.request.prompt, t.request.n, t.seed) for t in tasks]
+        plan: dict[str, int] = {s: sampling.for_stage(s).steps for s in stages_for_size(size)}
+        progress = ProgressWriter(self.connection, [m.job for m in members], plan)
+        canceled = CancelWatch(self.connection, self.store.keys, self.ownership, [m.job.id for m in members])
+        timeout = max(m.job.timeout or self.settings.job_timeout_s for m in members)
+        try:
+            with self.death_penalty_class(timeout, JobTimeoutException, job_id=members[0].job.id):
+                output = self.runtime.generate(requests, size, sampling, progress=progress, canceled=canceled)
+        except Exception:
+            exc_info = sys.exc_info()
+            code = "timeout" if isinstance(exc_info[1], JobTimeoutException) else "generation_failed"
+            for member, ours in zip(members, self.ownership.holds([m.job.id for m in members]), strict=True):
+                if ours:
+                    self._fail(member, queue, exc_info, code)
+            return
+        if self.metrics is not None:
+            self.metrics.batch_size.observe(sum(r.n for r in requests))
+        canceled.refresh()
+        self._finish(members, queue, output.images, output.timings, canceled)
+
+    # -- 4. finish ----------------------------------------------------------------------------
+    def _finish(
+        self,
+        members: list[Member],
+        queue: Queue,
+        images: Sequence[np.ndarray | None],
+        timings: dict[str, float],
+        canceled: CancelWatch,
+    ) -> None:
+        held = self.ownership.holds([m.job.id for m in members])
+        expires_at = time.time() + self.settings.result_ttl_s
+        for i, member in enumerate(members):
+            if not held[i]:
+                log.warning("job %s was taken over by the reaper; dropping this run's result", member.job.id)
+            elif i in canceled.dropped:
+                self._finish_canceled(member)
+            elif images[i] is None:
+                error = RuntimeError("the pipeline returned no images for this request")
+                self._fail(member, queue, (RuntimeError, error, None), "generation_failed")
+            else:
+                self._succeed(member, queue, images[i], timings, expires_at)  # type: ignore[arg-type]
+
+    def _succeed(
+        self, member: Member, queue: Queue, images: np.ndarray, timings: dict[str, float], expires_at: float
+    ) -> None:
+        job = member.job
+        try:
+            for k, image in enumerate(images):
+                self.storage.put(job.id, k, encode_png(image), expires_at)
+        except Exception:
+            self._fail(member, queue, sys.exc_info(), "storage_failed")
+            return
+        progress = dict(job.meta.get("progress") or {}, fraction=1.0)
+        job.meta.update(
+            images=len(images),
+            timings={k: round(v, 4) for k, v in timings.items()},
+            expires_at=expires_at,
+            finished_at=time.time(),
+            progress=progress,
+        )
+        job.save_meta()  # type: ignore[no-untyped-call]
+        assert member.execution is not None
+        self._finalize_success(
+            job, queue, member.execution, {"images": len(images), "expires_at": expires_at}
+        )
+        self._done(member, JobStatus.SUCCEEDED)
+        if self.metrics is not None:
+            self.metrics.images.inc(len(images))
+
+    def _fail(self, member: Member, queue: Queue, exc_info: ExcInfo, code: str) -> None:
+        job, exc = member.job, exc_info[1]
+        message = f"{type(exc).__name__}: {exc}" if exc is not None else "unknown error"
+        job.meta.update(error={"code": code, "message": message[:500]}, finished_at=time.time())
+        job.save_meta()  # type: ignore[no-untyped-call]
+        assert member.execution is not None
+        self._finalize_failure(job, queue, member.execution, exc_info)
+        self._done(member, JobStatus.FAILED)
+
+    def _finish_canceled(self, member: Member) -> None:
+        """A member canceled mid-batch: end its execution, then rq's cancel (CanceledJobRegistry)."""
+        job = member.job
+        with self.connection.pipeline() as pipe:
+            self.cleanup_execution(job, pipeline=pipe, execution=member.execution)
+            pipe.execute()
+        job.meta.update(finished_at=time.time(), progress=None)
+        job.save_meta()  # type: ignore[no-untyped-call]
+        self._cancel_unstarted(job)
+        self._set_running([m for m in self._snapshot_running() if m is not member])
+
+    def _cancel_unstarted(self, job: Job) -> None:
+        with contextlib.suppress(InvalidJobOperation):
+            job.cancel()
+        self.connection.expire(job.key, self.settings.record_ttl_s)
+        self.ownership.release(job.id)
+        self.report_final(job, JobStatus.CANCELED)
+
+    def _done(self, member: Member, status: JobStatus) -> None:
+        self.ownership.release(member.job.id)
+        self._set_running([m for m in self._snapshot_running() if m is not member])
+        self.report_final(member.job, status)
+
+    # -- heartbeats (called by the lease thread) ----------------------------------------------
+    def heartbeat_running(self) -> None:
+        """Keep rq's view of the running executions fresh while a long batch samples."""
+        for member in self._snapshot_running():
+            if member.execution is not None:
+                self.maintain_heartbeats(member.job, member.execution)
+
+    def _snapshot_running(self) -> list[Member]:
+        with self._running_lock:
+            return list(self._running)
+
+    def _set_running(self, members: list[Member]) -> None:
+        with self._running_lock:
+            self._running = members
+
+
+def _member(job: Job) -> Member:
+    try:
+        return Member(job, GenerationTask.from_job(job))
+    except Exception:
+        log.warning("job %s has an unreadable payload", job.id, exc_info=True)
+        return Member(job, None)
+
+
+def encode_png(image: np.ndarray) -> bytes:
+    """uint8 [H x W x 3] → PNG bytes."""
+    buffer = io.BytesIO()
+    Image.fromarray(image, mode="RGB").save(buffer, format="PNG")
+    return buffer.getvalue()
