@@ -8,7 +8,7 @@ from typing import Any
 from fastapi import APIRouter, Request, Response
 from fastapi.responses import FileResponse
 
-from service.deps import IdempotencyKeyDep, JobDep, MetricsDep, StorageDep, StoreDep
+from service.deps import IdempotencyKeyDep, JobDep, MetricsDep, SettingsDep, StorageDep, StoreDep
 from service.errors import ApiError
 from service.jobs import public_status
 from service.schemas import ErrorResponse, GenerateRequest, JobPublic, JobStatus, JobStatusResponse
@@ -21,9 +21,18 @@ _ERRORS: dict[int | str, dict[str, Any]] = {
 
 @router.post("/generate", status_code=202, response_model=JobPublic, responses=_ERRORS)
 def submit(
-    body: GenerateRequest, request: Request, response: Response, store: StoreDep, key: IdempotencyKeyDep
+    body: GenerateRequest,
+    request: Request,
+    response: Response,
+    store: StoreDep,
+    settings: SettingsDep,
+    key: IdempotencyKeyDep,
 ) -> JobStatusResponse:
     """Queue a generation; poll the ``Location`` it answers with."""
+    if body.webhook is not None and settings.webhook_secret is None:
+        raise ApiError(
+            422, "webhooks_disabled", "webhooks need UNCLIP_WEBHOOK_SECRET set on the server", "webhook"
+        )
     submission = store.submit_request(body, key)
     response.headers["Location"] = f"/jobs/{submission.job.id}"
     if submission.replayed:
