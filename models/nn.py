@@ -1,0 +1,80 @@
+"""Small building blocks shared by the networks (guided-diffusion's ``nn.py``).
+
+Nothing here knows about diffusion: these are layers and initialisation helpers.
+"""
+
+from __future__ import annotations
+
+import math
+from math import gcd
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+class GroupNorm32(nn.GroupNorm):
+    """GroupNorm computed in float32 and cast back, so bf16 / fp16 networks normalise stably.
+
+    Works whether the module's own parameters are float32 (autocast) or half precision
+    (a network cast with ``.to(torch.bfloat16)``).
+    """
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        weight = None if self.weight is None else self.weight.float()
+        bias = None if self.bias is None else self.bias.float()
+        return F.group_norm(x.float(), self.num_groups, weight, bias, self.eps).to(x.dtype)
+
+
+def norm_groups(channels: int, max_groups: int = 32) -> int:
+    """The largest power-of-two group count up to ``max_groups`` that divides ``channels``.
+
+    32 for the usual widths (multiples of 32); 8 for 8 channels, 16 for 48, 1 for odd widths.
+    """
+    return gcd(max_groups, channels)
+
+
+def normalization(channels: int) -> GroupNorm32:
+    """A GroupNorm layer of 32 groups, or fewer when ``channels`` is small or not divisible by 32."""
+    return GroupNorm32(norm_groups(channels), channels)
+
+
+def zero_module(module: nn.Module) -> nn.Module:
+    """Zero a module's parameters in place and return it (the residual branches start as identity)."""
+    for p in module.parameters():
+        p.detach().zero_()
+    return module
+
+
+def timestep_embedding(timesteps: torch.Tensor, dim: int, max_period: int = 10000) -> torch.Tensor:
+    """Sinusoidal timestep embeddings (Vaswani et al. 2017; guided-diffusion's ``timestep_embedding``).
+
+    Computed in float32 whatever the caller's precision: cast the result to the network's dtype.
+
+    :param timesteps: [N] integer or fractional timesteps (respaced samplers pass floats).
+    :param dim: embedding width; an odd width gets one zero column.
+    :param max_period: the lowest frequency is 1 / max_period.
+    :return: [N x dim] float32 embeddings, cosines then sines.
+    """
+    half = dim // 2
+    freqs = torch.exp(
+        -math.log(max_period) * torch.arange(half, dtype=torch.float32, device=timesteps.device) / half
+    )  # [half]
+    args = timesteps.float()[:, None] * freqs[None]  # [N x half]
+    embedding = torch.cat([torch.cos(args), torch.sin(args)], dim=-1)  # [N x 2*half]
+    if dim % 2:
+        embedding = torch.cat([embedding, torch.zeros_like(embedding[:, :1])], dim=-1)
+    return embedding
+
+
+def count_parameters(module: nn.Module) -> int:
+    """Number of parameters (works on the meta device, where nothing is allocated)."""
+    return sum(p.numel() for p in module.parameters())
+
+
+def module_dtype(module: nn.Module) -> torch.dtype:
+    """The dtype of a module's first floating-point parameter (float32 when it has none)."""
+    for p in module.parameters():
+        if p.is_floating_point():
+            return p.dtype
+    return torch.float32
