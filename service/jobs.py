@@ -259,7 +259,7 @@ class JobStore:
             id=job.id,
             status=status,
             created_at=float(meta.get("created_at") or _timestamp(job.created_at) or 0.0),
-            params=JobParams(**request.model_dump()),
+            params=JobParams(**request.model_dump(mode="json")),
             queue_position=position + 1 if position is not None else None,
             progress=Progress(**meta["progress"])
             if meta.get("progress") and status is JobStatus.RUNNING
