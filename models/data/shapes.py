@@ -180,7 +180,7 @@ def sample_spec(
 
 # -- rendering -------------------------------------------------------------------------------------
 @functools.lru_cache(maxsize=8)
-def _unit_outline(shape: str) -> np.ndarray:
+def unit_outline(shape: str) -> np.ndarray:
     """The outline of ``shape`` in its unit bounding box centred at the origin: ``[V x 2]`` (x, y)."""
     if shape == "square":
         return np.array([[-0.5, -0.5], [0.5, -0.5], [0.5, 0.5], [-0.5, 0.5]])
@@ -211,7 +211,7 @@ def _coverage_patch(spec: ShapeSpec, size: int) -> tuple[int, int, np.ndarray]:
     the object, not the canvas.
     """
     ss = _supersampling(size)
-    outline = _unit_outline(spec.shape) * spec.side_fraction + (spec.center_x, spec.center_y)
+    outline = unit_outline(spec.shape) * spec.side_fraction + (spec.center_x, spec.center_y)
     half = spec.side_fraction / 2
     x0 = max(0, math.floor((spec.center_x - half) * size) - 1)
     y0 = max(0, math.floor((spec.center_y - half) * size) - 1)

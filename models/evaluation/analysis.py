@@ -1,0 +1,239 @@
+"""Read a picture of the shapes world back into attributes, without any model.
+
+:func:`analyze` takes a uint8 ``[H x W x 3]`` image (any square side; sides above
+:data:`ANALYSIS_SIDE` are box-filtered down to it first) and reports the background, and the
+color, shape, size and position of the largest object. :func:`score` compares that with the
+attributes a prompt asked for. Steps:
+
+1. background: each border pixel votes for its nearest background color; the majority wins;
+2. object: pixels far from the background, largest 8-connected component (speckle ignored);
+   its colour ``c`` is the median of the component's most saturated half;
+3. coverage: each pixel's fraction of object, ``alpha = <x - bg, c - bg> / |c - bg|^2`` (the
+   renderer's own blending equation, inverted), thresholded at 0.5 for the object mask;
+4. color: the palette color nearest to ``c``;
+5. size and position: from the mask's bounding box (side threshold :data:`SIZE_THRESHOLD`,
+   half-way between 0.16 and 0.30; centre on the 3x3 grid);
+6. shape: the shape whose own rendering at the measured box best matches ``alpha``.
+
+The ground-truth renders of :mod:`models.data.shapes` score 100% (``tests/models/test_analysis.py``
+checks it at 64 and 256 px); noise and random blobs score near chance.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+import numpy as np
+from PIL import Image
+
+from models.data.shapes import BACKGROUNDS, COLORS, POSITIONS, SHAPES, ShapeSpec, coverage, unit_outline
+
+ATTRIBUTES: tuple[str, ...] = ("color", "shape", "size", "position", "background")
+ANALYSIS_SIDE = 256  # larger images are box-filtered to this side first
+SIZE_THRESHOLD = 0.23  # bounding-box side / canvas side: below is small, above is large
+MIN_CONTRAST = 40.0  # RGB distance from the background for a pixel to count as object (step 2)
+MIN_SIDE = 0.06  # a component smaller than this (box side / canvas) is not an object
+MAX_SIDE = 0.5  # nor one larger than this: noise, or a canvas filled with paint
+
+_BACKGROUND_NAMES = tuple(BACKGROUNDS)
+_BACKGROUND_RGB = np.array([BACKGROUNDS[b] for b in _BACKGROUND_NAMES], np.float32)  # [B x 3]
+_COLOR_NAMES = tuple(COLORS)
+_COLOR_RGB = np.array([COLORS[c] for c in _COLOR_NAMES], np.float32)  # [C x 3]
+_GRID = ("top", "", "bottom"), ("left", "", "right")  # row words, column words
+
+
+@dataclass(frozen=True)
+class ImageAnalysis:
+    """What the image shows. The object attributes are ``None`` when no object was ``found``."""
+
+    background: str
+    color: str | None
+    shape: str | None
+    size: str | None
+    position: str | None
+    found: bool
+
+
+# -- connected components --------------------------------------------------------------------------
+def largest_component(mask: np.ndarray) -> np.ndarray:
+    """The largest 8-connected component of a boolean ``[H x W]`` mask, as a boolean mask.
+
+    Runs of each row are the nodes; runs in neighbouring rows that touch (diagonals included) are
+    joined; labels are found by min-propagation with pointer jumping, all in numpy.
+    """
+    h, w = mask.shape
+    padded = np.zeros((h, w + 2), np.int8)
+    padded[:, 1:-1] = mask
+    edges = np.diff(padded, axis=1)  # [H x (W + 1)]: +1 where a run starts, -1 after it ends
+    run_rows, run_starts = np.nonzero(edges == 1)
+    _, run_ends = np.nonzero(edges == -1)  # exclusive ends, same row-major order
+    n = len(run_rows)
+    if n == 0:
+        return np.zeros_like(mask, bool)
+    stride = w + 3  # keys of different rows never interleave
+    start_keys = run_rows * stride + run_starts
+    end_keys = run_rows * stride + run_ends - 1
+    # Run j in row r touches run i in row r - 1 when i.start <= j.end + 1 and i.end >= j.start - 1.
+    prev = (run_rows - 1) * stride
+    lo = np.searchsorted(end_keys, prev + run_starts - 1, side="left")
+    hi = np.searchsorted(start_keys, prev + run_ends, side="right")  # j.end + 1 = run_ends
+    counts = np.maximum(hi - lo, 0)
+    child = np.repeat(np.arange(n), counts)
+    parent = np.repeat(lo, counts) + (np.arange(counts.sum()) - np.repeat(np.cumsum(counts) - counts, counts))
+    labels = np.arange(n)
+    while True:
+        before = labels.copy()
+        np.minimum.at(labels, child, labels[parent])
+        np.minimum.at(labels, parent, labels[child])
+        labels = labels[labels]  # pointer jumping
+        if np.array_equal(labels, before):
+            break
+    sizes = np.bincount(labels, weights=run_ends - run_starts, minlength=n)
+    keep = np.nonzero(labels == np.argmax(sizes))[0]
+    out = np.zeros((h, w + 1), np.int32)
+    np.add.at(out, (run_rows[keep], run_starts[keep]), 1)
+    np.add.at(out, (run_rows[keep], run_ends[keep]), -1)
+    return np.cumsum(out, axis=1)[:, :w] > 0
+
+
+# -- the analysis ----------------------------------------------------------------------------------
+def _prepare(image: np.ndarray) -> np.ndarray:
+    """float32 ``[S x S x 3]``, box-filtered to at most :data:`ANALYSIS_SIDE`."""
+    image = np.asarray(image)
+    if image.ndim != 3 or image.shape[2] < 3:
+        raise ValueError(f"expected an [H x W x 3] image, got shape {image.shape}")
+    image = image[..., :3]
+    if image.dtype != np.uint8:
+        image = np.clip(np.asarray(image, np.float32), 0, 255).astype(np.uint8)
+    if max(image.shape[:2]) > ANALYSIS_SIDE:
+        image = np.asarray(
+            Image.fromarray(image).resize((ANALYSIS_SIDE, ANALYSIS_SIDE), Image.Resampling.BOX)
+        )
+    return image.astype(np.float32)
+
+
+def _background(image: np.ndarray) -> int:
+    """Index of the background: the majority vote of the border pixels' nearest background."""
+    border = np.concatenate([image[0], image[-1], image[1:-1, 0], image[1:-1, -1]])  # [P x 3]
+    nearest = np.argmin(((border[:, None] - _BACKGROUND_RGB[None]) ** 2).sum(-1), axis=1)
+    return int(np.bincount(nearest, minlength=len(_BACKGROUND_NAMES)).argmax())
+
+
+def _grid_cell(center: float) -> int:
+    return min(2, max(0, int(center * 3)))
+
+
+def _position(cx: float, cy: float) -> str:
+    row, col = _GRID[0][_grid_cell(cy)], _GRID[1][_grid_cell(cx)]
+    return " ".join(w for w in (row, col) if w) or "center"
+
+
+@functools.lru_cache(maxsize=8)
+def _unit_moments(shape: str) -> tuple[float, float, float]:
+    """Area and centroid (x, y) of ``shape`` in its unit box centred at the origin (shoelace)."""
+    x, y = unit_outline(shape).T
+    xn, yn = np.roll(x, -1), np.roll(y, -1)
+    cross = x * yn - xn * y
+    area = cross.sum() / 2
+    return (
+        float(area),
+        float(((x + xn) * cross).sum() / (6 * area)),
+        float(((y + yn) * cross).sum() / (6 * area)),
+    )
+
+
+def _template_error(alpha: np.ndarray, shape: str, side: float, cx: float, cy: float) -> float:
+    """L1 distance between ``alpha`` and ``shape`` drawn with box side ``side`` at (cx, cy) (pixels)."""
+    n = alpha.shape[0]
+    spec = ShapeSpec("black", "red", shape, "small", "center", side / n, cx / n, cy / n)
+    return float(np.abs(coverage(spec, n) - alpha).sum())
+
+
+def _shape(alpha: np.ndarray, box: tuple[int, int, int, int]) -> str:
+    """The shape whose rendering best matches ``alpha`` (the object's coverage, ``[S x S]``).
+
+    Each shape is drawn twice: in the mask's bounding box ``box`` (x0, y0, x1, y1, exclusive, in
+    pixels), and with the side and centre that give it ``alpha``'s area and centroid (sub-pixel,
+    better for small objects, but wrong when the canvas clips the object). The better fit counts.
+    """
+    n = alpha.shape[0]
+    x0, y0, x1, y1 = box
+    extent = max(x1 - x0, y1 - y0)
+    # A box clipped by the canvas is extended outwards to a square.
+    x0, x1 = (x1 - extent, x1) if x0 == 0 else (x0, x0 + extent) if x1 == n else (x0, x1)
+    y0, y1 = (y1 - extent, y1) if y0 == 0 else (y0, y0 + extent) if y1 == n else (y0, y1)
+    total = float(alpha.sum())
+    ys, xs = np.indices(alpha.shape) + 0.5  # pixel centres
+    mean_x, mean_y = float((alpha * xs).sum() / total), float((alpha * ys).sum() / total)
+    errors = []
+    for shape in SHAPES:
+        area, off_x, off_y = _unit_moments(shape)
+        side = (total / area) ** 0.5
+        errors.append(
+            min(
+                _template_error(alpha, shape, extent, (x0 + x1) / 2, (y0 + y1) / 2),
+                _template_error(alpha, shape, side, mean_x - off_x * side, mean_y - off_y * side),
+            )
+        )
+    return SHAPES[int(np.argmin(errors))]
+
+
+def analyze(image: np.ndarray) -> ImageAnalysis:
+    """Background and object attributes of a uint8 ``[H x W x 3]`` image of the shapes world."""
+    pixels = _prepare(image)  # [S x S x 3]
+    side = pixels.shape[0]
+    b = _background(pixels)
+    background = _BACKGROUND_RGB[b]
+    distance = np.linalg.norm(pixels - background, axis=-1)  # [S x S]
+    component = largest_component(distance > MIN_CONTRAST)
+    lost = ImageAnalysis(_BACKGROUND_NAMES[b], None, None, None, None, found=False)
+    if not component.any():
+        return lost
+    inside = distance[component]
+    core = pixels[component][inside >= np.median(inside)]  # [K x 3], the most saturated half
+    color = np.median(core, axis=0)
+    direction = color - background
+    alpha = np.clip((pixels - background) @ direction / max(float(direction @ direction), 1e-6), 0.0, 1.0)
+    mask = largest_component(alpha > 0.5)
+    if not mask.any():
+        return lost
+    rows, cols = np.nonzero(mask)
+    box = (cols.min(), rows.min(), cols.max() + 1, rows.max() + 1)  # x0, y0, x1, y1 (exclusive)
+    extent = max(box[2] - box[0], box[3] - box[1]) / side
+    if not MIN_SIDE <= extent <= MAX_SIDE:
+        return lost
+    near = np.zeros_like(mask)
+    near[max(0, box[1] - 2) : box[3] + 2, max(0, box[0] - 2) : box[2] + 2] = True
+    alpha = np.where(near, alpha, 0.0)
+    nearest_color = int(np.argmin(((color - _COLOR_RGB) ** 2).sum(-1)))
+    return ImageAnalysis(
+        background=_BACKGROUND_NAMES[b],
+        color=_COLOR_NAMES[nearest_color],
+        shape=_shape(alpha, box),
+        size="small" if extent < SIZE_THRESHOLD else "large",
+        position=_position((box[0] + box[2]) / 2 / side, (box[1] + box[3]) / 2 / side),
+        found=True,
+    )
+
+
+def _asked(asked: object, attribute: str) -> object:
+    if isinstance(asked, Mapping):
+        return asked.get(attribute)
+    return getattr(asked, attribute, None)
+
+
+def score(analysis: ImageAnalysis, asked: object) -> dict[str, bool]:
+    """Which asked attributes the image has: ``{attribute: correct}`` for each attribute the
+    caption names (``CaptionAttributes`` or a mapping; ``None`` means not asked), plus ``all``."""
+    out: dict[str, bool] = {}
+    for attribute in ATTRIBUTES:
+        value = _asked(asked, attribute)
+        if value is not None:
+            out[attribute] = getattr(analysis, attribute) == value
+    out["all"] = all(out.values())
+    return out
+
+
+assert set(POSITIONS) == {_position(x, y) for x, y in POSITIONS.values()}
