@@ -71,9 +71,11 @@ class PriorBlock(nn.Module):
 class DiffusionPrior(nn.Module):
     """Predicts the (scaled) unnoised CLIP image embedding from the caption and the noised embedding.
 
-    Classifier-free guidance: ``drop_text[i]`` replaces row i's text embedding with a learned null
-    token and masks all its text tokens (replaced by a learned null token too) — "text dropped 10% of
-    the time" in training, all rows dropped for the unconditional half at sampling.
+    Classifier-free guidance: ``drop_text[i]`` replaces row i's text-embedding token with a learned
+    null embedding and masks all of its text tokens (their values are zeroed too, so a dropped row
+    does not depend on the caption at all) — "text dropped 10% of the time" in training, every row
+    dropped for the unconditional half at sampling. Masked tokens are never read by later positions,
+    so a learned null for them would get no gradient; only the text embedding has one.
     """
 
     def __init__(self, config: PriorConfig):
@@ -85,7 +87,6 @@ class DiffusionPrior(nn.Module):
         self.time_embed = nn.Sequential(nn.Linear(w, w), nn.SiLU(), nn.Linear(w, w))
         self.image_embed_proj = nn.Linear(config.embed_dim, w)
         self.query = nn.Parameter(torch.zeros(w))
-        self.null_text_token = nn.Parameter(torch.zeros(w))
         self.null_text_embed = nn.Parameter(torch.zeros(w))
         self.positional_embedding = nn.Parameter(torch.zeros(length + 4, w))
         self.blocks = nn.ModuleList(PriorBlock(w, config.heads, config.dropout) for _ in range(config.layers))
@@ -107,7 +108,7 @@ class DiffusionPrior(nn.Module):
         for block in self.blocks:
             for proj in (block.attn_out, block.mlp[2]):
                 nn.init.normal_(proj.weight, std=0.02 / math.sqrt(2 * self.config.layers))
-        for p in (self.query, self.null_text_token, self.null_text_embed, self.positional_embedding):
+        for p in (self.query, self.null_text_embed, self.positional_embedding):
             nn.init.normal_(p, std=0.02)
 
     def forward(
@@ -138,7 +139,7 @@ class DiffusionPrior(nn.Module):
             dropped = drop_text.to(device=device, dtype=torch.bool)
             keep = keep & ~dropped[:, None]
         text = self.text_proj(text_tokens.to(dtype))  # [N x L x W]
-        text = torch.where(dropped[:, None, None], self.null_text_token.to(text.dtype), text)
+        text = text.masked_fill(dropped[:, None, None], 0.0)
         text_tok = self.text_embed_proj(text_embed.to(dtype))  # [N x W]
         text_tok = torch.where(dropped[:, None], self.null_text_embed.to(text_tok.dtype), text_tok)
         time_tok = self.time_embed(timestep_embedding(timesteps, self.config.width).to(dtype))  # [N x W]

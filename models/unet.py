@@ -126,9 +126,9 @@ class AttentionBlock(nn.Module):
 
     def __init__(self, channels: int, num_head_channels: int, encoder_channels: int | None = None):
         super().__init__()
-        self.num_heads = max(1, channels // num_head_channels)
-        if channels % self.num_heads:
-            raise ValueError(f"{channels} channels do not split into {self.num_heads} heads")
+        if channels >= num_head_channels and channels % num_head_channels:
+            raise ValueError(f"{channels} channels do not split into heads of {num_head_channels}")
+        self.num_heads = max(1, channels // num_head_channels)  # one head when narrower than a head
         self.norm = normalization(channels)
         self.qkv = nn.Conv1d(channels, 3 * channels, 1)
         self.encoder_kv = nn.Conv1d(encoder_channels, 2 * channels, 1) if encoder_channels else None
