@@ -269,8 +269,14 @@ def _position_phrase(position: str, template: str) -> str:
     return f"{preposition} the {position}"
 
 
-def _compose(template: str, words: dict[str, str | None]) -> str:
-    """One caption from a template; ``words`` holds ``None`` for each left-out attribute."""
+def compose_caption(template: str, attributes: CaptionAttributes) -> str:
+    """The caption of ``template`` (one of :data:`TEMPLATES`) naming ``attributes``; color and shape
+    are required, the others may be ``None`` (left out)."""
+    if template not in TEMPLATES:
+        raise ValueError(f"unknown template {template!r}; expected one of {TEMPLATES}")
+    if attributes.color is None or attributes.shape is None:
+        raise ValueError("a caption always names the color and the shape")
+    words = attributes.as_dict()
     size, color, shape = words["size"], words["color"], words["shape"]
     position, background = words["position"], words["background"]
     noun = " ".join(w for w in (size, color, shape) if w)  # "small red circle"
@@ -309,7 +315,7 @@ def caption_for(
         position=spec.position if keep[1] else None,
         background=spec.background if keep[2] else None,
     )
-    return _compose(template, attributes.as_dict()), attributes
+    return compose_caption(template, attributes), attributes
 
 
 # Longest phrases first, so "top left" wins over "top" and "left".

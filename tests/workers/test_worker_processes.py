@@ -1,0 +1,101 @@
+"""Real worker processes: kill -9 mid-batch loses no job; SIGTERM finishes the batch first."""
+
+from __future__ import annotations
+
+import signal
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from redis import Redis
+from rq.job import JobStatus as RqStatus
+from rq.registry import FinishedJobRegistry, StartedJobRegistry
+
+from service.jobs import JobStore
+from service.schemas import GenerateRequest
+from service.settings import Settings
+from tests.workers.harness import WorkerProcess, wait_for, workers
+
+SLOW = {"prior": 1, "decoder": 60}  # long enough to kill a worker in the middle
+
+
+@pytest.fixture
+def settings(redis_url: str, queue_name: str, tmp_path: Path) -> Settings:
+    return Settings(
+        redis_url=redis_url,
+        queue=queue_name,
+        storage_dir=tmp_path / "images",
+        weights="random:tiny",
+        device="cpu",
+        max_batch=8,
+        max_wait_ms=300,
+        lease_ttl_s=3,
+    )
+
+
+@pytest.fixture
+def redis(redis_url: str) -> Iterator[Redis]:
+    client = Redis.from_url(redis_url)
+    yield client
+    client.close()
+
+
+def submit_many(store: JobStore, count: int, steps: dict[str, int]) -> list[str]:
+    return [
+        store.submit_request(GenerateRequest(prompt=f"job {i}", size="64x64", seed=i, steps=steps)).job.id
+        for i in range(count)
+    ]
+
+
+def worker_of(store: JobStore, job_id: str) -> str | None:
+    job = store.fetch(job_id)
+    return job.worker_name if job is not None else None
+
+
+def statuses(store: JobStore, job_ids: list[str]) -> list[RqStatus]:
+    return [store.fetch(job_id).get_status() for job_id in job_ids]  # type: ignore[union-attr]
+
+
+def test_kill_9_mid_batch_loses_no_job(settings: Settings, redis: Redis, tmp_path: Path) -> None:
+    store = JobStore(redis, settings)
+    names = [f"{settings.queue}-a", f"{settings.queue}-b"]
+    with workers(settings, names, tmp_path, redis) as (first, second):
+        job_ids = submit_many(store, 6, SLOW)  # two idle workers: each takes a batch
+        wait_for(lambda: all(s is RqStatus.STARTED for s in statuses(store, job_ids)), 30, what="the batches")
+        owner, survivor = (first, second) if worker_of(store, job_ids[0]) == first.name else (second, first)
+        lost = [j for j in job_ids if worker_of(store, j) == owner.name]
+        wait_for(lambda: (store.fetch(lost[0]).meta.get("progress") or {}).get("fraction", 0) > 0.05, 30)  # type: ignore[union-attr]
+        owner.signal(signal.SIGKILL)
+        killed_at = time.monotonic()
+        owner.process.wait(10)
+        # Detected and requeued within a lease period plus a reaper interval (not rq's 10 minutes).
+        wait_for(lambda: store.fetch(lost[0]).meta.get("attempts") == 1, 15, 0.05, "the requeue")  # type: ignore[union-attr]
+        detected_s = time.monotonic() - killed_at
+        wait_for(lambda: all(s is RqStatus.FINISHED for s in statuses(store, job_ids)), 90, what="every job")
+        print(f"\n{len(lost)} job(s) of the kill -9'd worker requeued {detected_s:.1f}s after the kill")
+        assert detected_s < settings.lease_ttl_s * 1.5 + 3
+        for job_id in job_ids:
+            job = store.fetch(job_id)
+            assert job is not None and store.render(job).status.value == "succeeded"
+            assert job.worker_name == survivor.name or job_id not in lost
+            assert job.meta["attempts"] == (1 if job_id in lost else 0)
+        assert len(StartedJobRegistry(settings.queue, connection=redis)) == 0
+        assert len(FinishedJobRegistry(settings.queue, connection=redis)) == len(job_ids)
+        assert store.live_workers() == 1
+
+
+def test_sigterm_finishes_the_batch_then_exits(settings: Settings, redis: Redis, tmp_path: Path) -> None:
+    store = JobStore(redis, settings)
+    worker = WorkerProcess(settings, f"{settings.queue}-{uuid.uuid4().hex[:4]}", tmp_path).wait_ready(redis)
+    try:
+        job_ids = submit_many(store, 3, SLOW)
+        wait_for(lambda: all(s is RqStatus.STARTED for s in statuses(store, job_ids)), 30, what="the batch")
+        worker.signal(signal.SIGTERM)
+        assert worker.process.wait(120) == 0, worker.log()
+        assert all(s is RqStatus.FINISHED for s in statuses(store, job_ids)), worker.log()
+        assert store.live_workers() == 0
+        assert not redis.exists(store.keys.owned(worker.name))
+    finally:
+        worker.stop()
