@@ -34,6 +34,7 @@ ATTRIBUTES: tuple[str, ...] = ("color", "shape", "size", "position", "background
 ANALYSIS_SIDE = 256  # larger images are box-filtered to this side first
 SIZE_THRESHOLD = 0.23  # bounding-box side / canvas side: below is small, above is large
 MIN_CONTRAST = 40.0  # RGB distance from the background for a pixel to count as object (step 2)
+CORE_QUANTILE = 0.75  # the object color is the median of the pixels this far up the distance ranking
 MIN_SIDE = 0.06  # a component smaller than this (box side / canvas) is not an object
 MAX_SIDE = 0.5  # nor one larger than this: noise, or a canvas filled with paint
 
@@ -192,7 +193,9 @@ def analyze(image: np.ndarray) -> ImageAnalysis:
     if not component.any():
         return lost
     inside = distance[component]
-    core = pixels[component][inside >= np.median(inside)]  # [K x 3], the most saturated half
+    core = pixels[component][
+        inside >= np.quantile(inside, CORE_QUANTILE)
+    ]  # [K x 3], the most distinct pixels
     color = np.median(core, axis=0)
     direction = color - background
     alpha = np.clip((pixels - background) @ direction / max(float(direction @ direction), 1e-6), 0.0, 1.0)
