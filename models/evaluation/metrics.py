@@ -19,6 +19,8 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
+from models.evaluation.analysis import analyze, score
+
 # The attributes the issue's bar counts; "all four" means these, all at once.
 BAR_ATTRIBUTES: tuple[str, ...] = ("color", "shape", "size", "position")
 ATTRIBUTES: tuple[str, ...] = (*BAR_ATTRIBUTES, "background")
@@ -93,9 +95,6 @@ def adherence(images: Sequence[np.ndarray], asked_attributes: Sequence[object]) 
     :param images: uint8 ``[H x W x 3]`` arrays, one per prompt (any side the analyser accepts).
     :param asked_attributes: ``parse_caption(prompt)`` of each image's prompt.
     """
-    # Imported here so the embedding metrics stay importable without the image analyser.
-    from models.evaluation.analysis import analyze, score
-
     scores = [
         score(analyze(np.asarray(image)), asked)
         for image, asked in zip(images, asked_attributes, strict=True)
