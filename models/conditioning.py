@@ -85,7 +85,7 @@ class ClipTextConditioning(nn.Module):
             clip_embed = torch.zeros(batch_size, self.clip_embed_dim, dtype=dtype, device=device)
         n = clip_embed.shape[0]
         if drop_clip is not None:
-            clip_embed = clip_embed * (~drop_clip.to(clip_embed.device)).to(clip_embed.dtype)[:, None]
+            clip_embed = clip_embed.masked_fill(drop_clip.to(clip_embed.device, torch.bool)[:, None], 0.0)
         time_add = self.clip_to_time(clip_embed)  # [N x time_dim]
         clip_tokens = self.clip_to_tokens(clip_embed).view(n, self.clip_context_tokens, self.context_dim)
         clip_mask = torch.ones(n, self.clip_context_tokens, dtype=torch.bool, device=clip_embed.device)
