@@ -85,8 +85,13 @@ def run_serve(args: argparse.Namespace) -> int:
     worker = subprocess.Popen([sys.executable, "-m", "workers.main"])
     url = f"http://{args.host}:{args.port}"
     print(_banner(url), flush=True)
+    # uvicorn re-raises the SIGTERM/SIGINT it caught once it has shut down; with the default
+    # disposition that would kill this process before it stops the worker.
+    signal.signal(signal.SIGTERM, lambda signum, frame: None)
     try:
         uvicorn.run(create_app(settings), host=args.host, port=args.port)
+    except KeyboardInterrupt:
+        pass
     finally:
         _stop(worker)
     return 0

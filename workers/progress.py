@@ -7,14 +7,18 @@ once at the end); cancel flags and ownership are read at most as often.
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Callable, Sequence
 
 from redis import Redis
+from redis.exceptions import RedisError
 from rq.job import Job
 
 from service.jobs import Keys, dump_meta
 from workers.leases import Ownership
+
+log = logging.getLogger("unclip.worker")
 
 Clock = Callable[[], float]
 
@@ -61,10 +65,15 @@ class ProgressWriter:
             self.flush()
 
     def flush(self) -> None:
-        with self.connection.pipeline(transaction=False) as pipe:
-            for job in self.jobs:
-                pipe.hset(job.key, "meta", dump_meta(job.meta))
-            pipe.execute()
+        """Best effort: a Redis hiccup costs a progress update, never the batch."""
+        try:
+            with self.connection.pipeline(transaction=False) as pipe:
+                for job in self.jobs:
+                    pipe.hset(job.key, "meta", dump_meta(job.meta))
+                pipe.execute()
+        except RedisError as exc:
+            log.warning("progress write failed: %s", exc)
+            return
         self.writes += 1
 
 
@@ -99,7 +108,12 @@ class CancelWatch:
         return self.dropped | self.lost
 
     def refresh(self) -> None:
-        flags = self.connection.mget([self.keys.cancel(job_id) for job_id in self.job_ids])
-        held = self.ownership.holds(self.job_ids)
+        """Best effort: while Redis does not answer, the last answer stands."""
+        try:
+            flags = self.connection.mget([self.keys.cancel(job_id) for job_id in self.job_ids])
+            held = self.ownership.holds(self.job_ids)
+        except RedisError as exc:
+            log.warning("cancel check failed: %s", exc)
+            return
         self.dropped |= {i for i, flag in enumerate(flags) if flag is not None}
         self.lost |= {i for i, ours in enumerate(held) if not ours}
