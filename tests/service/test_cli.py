@@ -85,3 +85,31 @@ def test_serve_runs_api_and_worker(tmp_path: Path) -> None:
         process.send_signal(signal.SIGTERM)
         process.communicate(timeout=90)
     assert process.returncode == 0
+
+
+def test_api_with_several_processes_serves_merged_metrics(tmp_path: Path) -> None:
+    port = free_port()
+    env = {"UNCLIP_REDIS_URL": TEST_REDIS_URL, "UNCLIP_QUEUE": f"mp-{uuid.uuid4().hex[:8]}"}
+    env["PROMETHEUS_MULTIPROC_DIR"] = str(tmp_path)
+    process = run_cli(["api", "--port", str(port), "--workers", "2"], env)
+    url = f"http://127.0.0.1:{port}"
+    try:
+
+        def up() -> bool:
+            try:
+                return httpx.get(f"{url}/healthz", timeout=2).status_code == 200
+            except httpx.HTTPError:
+                return False
+
+        wait_for(up, 60, 0.2, "the API")
+        for _ in range(20):  # new connections: both processes answer some of them
+            assert httpx.get(f"{url}/healthz", timeout=5).status_code == 200
+        text = httpx.get(f"{url}/metrics", timeout=5).text
+        line = next(
+            x for x in text.splitlines() if x.startswith("unclip_http_requests_total") and "/healthz" in x
+        )
+        assert float(line.split()[-1]) >= 21  # every process's counts, merged from the files
+        assert len(list(tmp_path.glob("counter_*.db"))) >= 2
+    finally:
+        process.send_signal(signal.SIGTERM)
+        process.communicate(timeout=30)
