@@ -19,7 +19,7 @@ from datetime import datetime
 from typing import Any
 
 from redis import Redis
-from rq.exceptions import InvalidJobOperation, NoSuchJobError
+from rq.exceptions import DeserializationError, InvalidJobOperation, NoSuchJobError
 from rq.job import Job
 from rq.job import JobStatus as RqStatus
 from rq.queue import Queue
@@ -232,11 +232,15 @@ class JobStore:
 
     # -- read ---------------------------------------------------------------------------------
     def fetch(self, job_id: str) -> Job | None:
+        """Our job ``job_id``, or None (unknown, expired, another queue's, or not a generation job)."""
         try:
             job = Job.fetch(job_id, connection=self.connection, serializer=JSONSerializer)
-        except NoSuchJobError:
+            if job.origin != self.queue.name or job.func_name != JOB_FUNC:
+                return None
+            GenerationTask.from_job(job)  # a record that cannot be rendered is not one of ours
+        except (NoSuchJobError, DeserializationError, ValueError, KeyError, TypeError):
             return None
-        return job if job.origin == self.queue.name else None
+        return job
 
     def render(self, job: Job, base_url: str = "") -> JobStatusResponse:
         """The public record of ``job``; image URLs are absolute when ``base_url`` is given."""

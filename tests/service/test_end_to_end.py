@@ -236,3 +236,18 @@ def test_worker_metrics(worker: WorkerProcess) -> None:
         'unclip_jobs_total{status="canceled"}',
     ):
         assert name in text, name
+
+
+def test_expired_results_answer_result_expired(api: str, redis: Redis) -> None:
+    job = wait_final(api, submit(api, prompt="short-lived")["id"])
+    url = job["images"][0]["url"]
+    assert httpx.get(url, timeout=10).status_code == 200
+    record = fetch(redis, job["id"])
+    record.meta["expires_at"] = time.time() - 1  # as if result_ttl_s had passed
+    record.save_meta()
+    response = httpx.get(url, timeout=10)
+    assert response.status_code == 404 and response.json()["error"]["code"] == "result_expired"
+    expired = read(api, job["id"])
+    assert (
+        expired["status"] == "succeeded" and expired["images"] == [] and expired["expires_at"] < time.time()
+    )
