@@ -71,7 +71,10 @@ def run(args: argparse.Namespace) -> int:
     if args.n < 1 or args.batch_size < 1:
         raise SystemExit("unclip generate: --n and --batch-size must be at least 1")
     weights = f"random:{args.random_weights}" if args.random_weights else args.weights
-    pipeline: UnclipPipeline = load_pipeline(weights, device=args.device, dtype=args.dtype)
+    try:
+        pipeline: UnclipPipeline = load_pipeline(weights, device=args.device, dtype=args.dtype)
+    except (FileNotFoundError, ValueError, KeyError) as error:  # missing dir, bad weights, unknown preset
+        raise SystemExit(f"unclip generate: {error}") from None
     sampling = sampling_from_args(args, pipeline.config.sampling)
     args.out.mkdir(parents=True, exist_ok=True)
     totals = {stage: 0.0 for stage in STAGES}

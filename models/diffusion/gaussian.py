@@ -100,10 +100,11 @@ class GaussianDiffusion:
         self.sqrt_recipm1_alphas_cumprod = np.sqrt(1.0 / self.alphas_cumprod - 1)
         # q(x_{t-1} | x_t, x_0) = N(coef1 x_0 + coef2 x_t, β̃_t)   (Ho et al. eq. 6-7)
         self.posterior_variance = betas * (1.0 - self.alphas_cumprod_prev) / (1.0 - self.alphas_cumprod)
-        # β̃_0 = 0, so the log is clipped to β̃_1 at t = 0 (guided-diffusion).
-        self.posterior_log_variance_clipped = np.log(
-            np.append(self.posterior_variance[1], self.posterior_variance[1:])
-        )
+        # β̃ at the first kept step is 0, so its log is clipped to the next one (guided-diffusion);
+        # a one-step process never adds noise, so any finite value serves there.
+        variance = self.posterior_variance
+        clipped = np.append(variance[1], variance[1:]) if len(variance) > 1 else np.maximum(variance, 1e-20)
+        self.posterior_log_variance_clipped = np.log(clipped)
         self.posterior_mean_coef1 = betas * np.sqrt(self.alphas_cumprod_prev) / (1.0 - self.alphas_cumprod)
         self.posterior_mean_coef2 = (
             (1.0 - self.alphas_cumprod_prev) * np.sqrt(alphas) / (1.0 - self.alphas_cumprod)

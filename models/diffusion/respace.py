@@ -24,7 +24,7 @@ def space_timesteps(num_timesteps: int, steps: int) -> list[int]:
         raise ValueError(f"steps must be in 1..{num_timesteps}, got {steps}")
     if steps == 1:
         return [num_timesteps - 1]
-    return sorted({int(round(x)) for x in np.linspace(0, num_timesteps - 1, steps)})
+    return sorted({int(x) for x in np.linspace(0, num_timesteps - 1, steps).round()})
 
 
 class SpacedDiffusion(GaussianDiffusion):
