@@ -35,6 +35,11 @@ ANALYSIS_SIDE = 256  # larger images are box-filtered to this side first
 SIZE_THRESHOLD = 0.23  # bounding-box side / canvas side: below is small, above is large
 MIN_CONTRAST = 40.0  # RGB distance from the background for a pixel to count as object (step 2)
 CORE_QUANTILE = 0.75  # the object color is the median of the pixels this far up the distance ranking
+# Generated images are softer than renders: templates are also compared blurred by these Gaussian
+# sigmas (pixels at 64 px, scaled with the side).
+BLUR_SIGMAS: tuple[float, ...] = (0.5, 1.0, 1.6)
+SHARP_FIT = 0.2  # a sharp drawing this close (L1 / area) needs no blurred comparison
+SHAPE_SIDE = 128  # shapes are matched at no more than this side
 MIN_SIDE = 0.06  # a component smaller than this (box side / canvas) is not an object
 MAX_SIDE = 0.5  # nor one larger than this: noise, or a canvas filled with paint
 
@@ -145,20 +150,53 @@ def _unit_moments(shape: str) -> tuple[float, float, float]:
     )
 
 
-def _template_error(alpha: np.ndarray, shape: str, side: float, cx: float, cy: float) -> float:
-    """L1 distance between ``alpha`` and ``shape`` drawn with box side ``side`` at (cx, cy) (pixels)."""
+@functools.lru_cache(maxsize=256)
+def _gaussian_matrix(n: int, sigma: float) -> np.ndarray:
+    """float32 ``[n x n]`` matrix that blurs a length-``n`` signal with a Gaussian of ``sigma``
+    pixels (zero beyond the ends)."""
+    offsets = np.arange(n)[:, None] - np.arange(n)[None, :]
+    kernel = np.exp(-0.5 * (offsets / sigma) ** 2)
+    return (kernel / kernel.sum(axis=1, keepdims=True).max()).astype(np.float32)
+
+
+def _blur(image: np.ndarray, sigma: float) -> np.ndarray:
+    """Separable Gaussian blur of a small ``[h x w]`` array. (einsum, not ``@``: BLAS threads cost
+    more than they save on arrays this small.)"""
+    h, w = image.shape
+    columns = np.einsum("ij,jk->ik", _gaussian_matrix(h, sigma), image)  # [h x w]
+    return np.einsum("ik,lk->il", columns, _gaussian_matrix(w, sigma))  # [h x w]
+
+
+def _template_error(
+    alpha: np.ndarray, shape: str, fit: tuple[float, float, float], sigmas: tuple[float, ...]
+) -> float:
+    """L1 distance between ``alpha`` and ``shape`` drawn with ``fit`` = (box side, centre x,
+    centre y) in pixels, blurred by each of ``sigmas`` (pixels at 64 px); the best counts."""
     n = alpha.shape[0]
-    spec = ShapeSpec("black", "red", shape, "small", "center", side / n, cx / n, cy / n)
-    return float(np.abs(coverage(spec, n) - alpha).sum())
+    side, cx, cy = fit
+    template = coverage(ShapeSpec("black", "red", shape, "small", "center", side / n, cx / n, cy / n), n)
+    errors = []
+    for sigma in sigmas:
+        sigma_px = sigma * n / 64
+        if sigma_px < 0.3:
+            errors.append(float(np.abs(template - alpha).sum()))
+            continue
+        # Blur only a crop around the object (the template's box, plus 3 sigma).
+        pad = int(np.ceil(3 * sigma_px)) + 1
+        x0, x1 = max(0, int(cx - side / 2) - pad), min(n, int(np.ceil(cx + side / 2)) + pad)
+        y0, y1 = max(0, int(cy - side / 2) - pad), min(n, int(np.ceil(cy + side / 2)) + pad)
+        blurred = _blur(template[y0:y1, x0:x1], round(sigma_px, 3))  # [h x w]
+        inside = alpha[y0:y1, x0:x1]
+        errors.append(float(np.abs(blurred - inside).sum() + alpha.sum() - inside.sum()))
+    return min(errors)
 
 
-def _shape(alpha: np.ndarray, box: tuple[int, int, int, int]) -> str:
-    """The shape whose rendering best matches ``alpha`` (the object's coverage, ``[S x S]``).
-
-    Each shape is drawn twice: in the mask's bounding box ``box`` (x0, y0, x1, y1, exclusive, in
-    pixels), and with the side and centre that give it ``alpha``'s area and centroid (sub-pixel,
-    better for small objects, but wrong when the canvas clips the object). The better fit counts.
-    """
+def _fits(
+    alpha: np.ndarray, box: tuple[float, float, float, float]
+) -> dict[str, list[tuple[float, float, float]]]:
+    """Two (side, centre x, centre y) fits per shape, in pixels: the mask's bounding box ``box``
+    (x0, y0, x1, y1, exclusive), and the side and centre that give the shape ``alpha``'s area and
+    centroid (sub-pixel, better for small objects, but wrong when the canvas clips the object)."""
     n = alpha.shape[0]
     x0, y0, x1, y1 = box
     extent = max(x1 - x0, y1 - y0)
@@ -168,16 +206,35 @@ def _shape(alpha: np.ndarray, box: tuple[int, int, int, int]) -> str:
     total = float(alpha.sum())
     ys, xs = np.indices(alpha.shape) + 0.5  # pixel centres
     mean_x, mean_y = float((alpha * xs).sum() / total), float((alpha * ys).sum() / total)
-    errors = []
+    fits = {}
     for shape in SHAPES:
         area, off_x, off_y = _unit_moments(shape)
         side = (total / area) ** 0.5
-        errors.append(
-            min(
-                _template_error(alpha, shape, extent, (x0 + x1) / 2, (y0 + y1) / 2),
-                _template_error(alpha, shape, side, mean_x - off_x * side, mean_y - off_y * side),
-            )
-        )
+        fits[shape] = [
+            (extent, (x0 + x1) / 2, (y0 + y1) / 2),
+            (side, mean_x - off_x * side, mean_y - off_y * side),
+        ]
+    return fits
+
+
+def _shape(alpha: np.ndarray, box: tuple[int, int, int, int]) -> str:
+    """The shape whose drawing best matches ``alpha`` (the object's coverage, ``[S x S]``).
+
+    Each shape is drawn with both of its :func:`_fits`. A sharp drawing that explains all but
+    :data:`SHARP_FIT` of the object's area settles it; otherwise (a soft, generated image) the
+    drawings are also compared blurred by :data:`BLUR_SIGMAS`. Sides above :data:`SHAPE_SIDE` are
+    box-filtered to it first.
+    """
+    factor = max(1, alpha.shape[0] // SHAPE_SIDE)
+    while alpha.shape[0] % factor:
+        factor -= 1
+    n = alpha.shape[0] // factor
+    alpha = alpha.reshape(n, factor, n, factor).mean(axis=(1, 3))  # [n x n]
+    fits = _fits(alpha, tuple(v / factor for v in box))
+    for sigmas in ((0.0,), (0.0, *BLUR_SIGMAS)):
+        errors = [min(_template_error(alpha, shape, fit, sigmas) for fit in fits[shape]) for shape in SHAPES]
+        if min(errors) <= SHARP_FIT * alpha.sum():
+            break
     return SHAPES[int(np.argmin(errors))]
 
 

@@ -122,11 +122,11 @@ def _degrade(
 @pytest.mark.parametrize(("size", "blur"), [(64, 0.7), (256, 2.0)])
 def test_robust_to_mild_blur_color_drift_and_noise(size: int, blur: float) -> None:
     rng = np.random.default_rng(21)
-    specs = [sample_spec(rng) for _ in range(150)]
+    specs = [sample_spec(rng) for _ in range(120)]
     images = [_degrade(render(spec, size), rng, blur, drift=15.0, noise=6.0) for spec in specs]
     accuracy = _accuracy(images, [_truth(spec) for spec in specs])
     assert accuracy["color"] >= 0.98 and accuracy["position"] >= 0.98 and accuracy["background"] == 1.0
-    assert accuracy["size"] >= 0.97 and accuracy["shape"] >= 0.93 and accuracy["all"] >= 0.9, accuracy
+    assert accuracy["size"] >= 0.97 and accuracy["shape"] >= 0.97 and accuracy["all"] >= 0.95, accuracy
 
 
 # -- chance ----------------------------------------------------------------------------------------
@@ -137,7 +137,7 @@ def asked() -> list[CaptionAttributes]:
 
 def test_uniform_noise_is_not_an_object(asked: list[CaptionAttributes]) -> None:
     rng = np.random.default_rng(31)
-    images = [rng.integers(0, 256, size=(s, s, 3), dtype=np.uint8) for s in [64] * 150 + [256] * 50]
+    images = [rng.integers(0, 256, size=(s, s, 3), dtype=np.uint8) for s in [64] * 170 + [256] * 30]
     accuracy = _accuracy(images, asked)
     assert accuracy["all"] < 0.05
     for attribute in BAR:
