@@ -10,7 +10,15 @@ import numpy as np
 import pytest
 from PIL import Image, ImageDraw, ImageFilter
 
-from models.data.shapes import POSITIONS, CaptionAttributes, ShapesWorld, parse_caption, render, sample_spec
+from models.data.shapes import (
+    BACKGROUNDS,
+    POSITIONS,
+    CaptionAttributes,
+    ShapesWorld,
+    parse_caption,
+    render,
+    sample_spec,
+)
 from models.evaluation.analysis import ImageAnalysis, analyze, largest_component, score
 
 BAR = ("color", "shape", "size", "position")
@@ -146,8 +154,8 @@ def test_uniform_noise_is_not_an_object(asked: list[CaptionAttributes]) -> None:
 
 
 def _random_blob(rng: np.random.Generator, side: int) -> np.ndarray:
-    """A random ellipse or polygon in a random RGB color on a random RGB background."""
-    background = tuple(int(v) for v in rng.integers(0, 256, 3))
+    """A random ellipse or polygon in a random RGB color, on one of the world's backgrounds."""
+    background = list(BACKGROUNDS.values())[int(rng.integers(3))]
     image = Image.new("RGB", (side, side), background)
     draw = ImageDraw.Draw(image)
     fill = tuple(int(v) for v in rng.integers(0, 256, 3))
@@ -167,6 +175,7 @@ def _random_blob(rng: np.random.Generator, side: int) -> np.ndarray:
 def test_random_blobs_score_near_chance(asked: list[CaptionAttributes]) -> None:
     rng = np.random.default_rng(41)
     images = [_random_blob(rng, 64) for _ in range(200)]
+    assert sum(analyze(image).found for image in images) >= 100  # most are read as objects
     accuracy = _accuracy(images, asked)
     assert accuracy["all"] < 0.05, accuracy
     for attribute, chance in CHANCE.items():
@@ -186,5 +195,7 @@ def test_score_counts_only_asked_attributes() -> None:
         "background": True,
         "all": False,
     }
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="square"):
         analyze(np.zeros((8, 8), np.uint8))
+    with pytest.raises(ValueError, match="square"):
+        analyze(np.zeros((8, 12, 3), np.uint8))
