@@ -339,19 +339,15 @@ _BACKGROUND_WORDS = {"white": "white", "black": "black", "gray": "gray", "grey":
 
 def _first_word(text: str, vocabulary: dict[str, str]) -> str | None:
     """The value of the vocabulary word that occurs first in ``text``, if any."""
-    found = [
-        (m.start(), vocabulary[m.group(1)])
-        for m in re.finditer(r"\b(\w+)\b", text)
-        if m.group(1) in vocabulary
-    ]
-    return found[0][1] if found else None
+    return next((vocabulary[word] for word in re.findall(r"\w+", text) if word in vocabulary), None)
 
 
 def parse_caption(caption: str) -> CaptionAttributes:
     """The attributes a caption names, from any of :data:`TEMPLATES` or a plain prompt.
 
     Object colors and background colors are disjoint word sets, so a ``white``/``black``/``gray``
-    word is always the background. Absent attributes are ``None``.
+    word is always the background. Prompts may also say ``grey``, ``big``/``little``/``tiny``,
+    ``upper``/``lower``, ``centre``/``middle`` and plural shapes. Absent attributes are ``None``.
     """
     text = " ".join(caption.lower().replace("-", " ").split())
     position = next((name for name, pattern in _POSITION_PATTERNS if pattern.search(text)), None)
