@@ -14,7 +14,7 @@ import httpx
 
 from service.cli import register
 from tests.conftest import TEST_REDIS_URL, free_port
-from tests.workers.harness import REPO, wait_for
+from tests.workers.harness import REPO, steps, wait_for
 
 
 def test_register_adds_api_worker_and_serve() -> None:
@@ -55,6 +55,7 @@ def test_serve_runs_api_and_worker(tmp_path: Path) -> None:
         "UNCLIP_DEVICE": "cpu",
         "UNCLIP_STORAGE_DIR": str(tmp_path),
         "UNCLIP_WORKER_METRICS_PORT": str(free_port()),
+        "OMP_NUM_THREADS": "1",
     }
     process = run_cli(["serve", "--port", str(port)], env)
     url = f"http://127.0.0.1:{port}"
@@ -70,7 +71,7 @@ def test_serve_runs_api_and_worker(tmp_path: Path) -> None:
                 return False
 
         wait_for(ready, 90, 0.2, "serve to become ready")
-        body = {"prompt": "served", "size": "64x64", "steps": {"prior": 1, "decoder": 1}}
+        body = {"prompt": "served", "size": "64x64", **steps(1)}
         job = httpx.post(f"{url}/generate", json=body, timeout=10).json()
         final = wait_for(
             lambda: (

@@ -26,7 +26,7 @@ from rq.serializers import JSONSerializer
 
 from service.settings import Settings
 from tests.conftest import TEST_REDIS_URL, free_port
-from tests.workers.harness import FAST, ApiServer, WorkerProcess, wait_for, workers
+from tests.workers.harness import FAST, ApiServer, WorkerProcess, steps, wait_for, workers
 
 SECRET = "test-webhook-secret-" + "x" * 16
 
@@ -142,7 +142,7 @@ def test_repeated_prompt_hits_the_text_cache(api: str, worker: WorkerProcess) ->
 def test_jobs_queued_behind_a_busy_worker_share_batches(api: str, worker: WorkerProcess) -> None:
     count_before = worker.metric("unclip_batch_size_count")
     sum_before = worker.metric("unclip_batch_size_sum")
-    blocker = submit(api, prompt="keep the worker busy", steps={"prior": 1, "decoder": 60})
+    blocker = submit(api, prompt="keep the worker busy", **steps(6))
     wait_for(lambda: read(api, blocker["id"])["status"] == "running", 30, what="the blocker to start")
     with ThreadPoolExecutor(8) as pool:
         ids = list(pool.map(lambda i: submit(api, prompt=f"queued job {i}")["id"], range(8)))
@@ -158,9 +158,8 @@ def test_jobs_queued_behind_a_busy_worker_share_batches(api: str, worker: Worker
 
 
 def test_cancel_a_running_batch_member(api: str, settings: Settings, redis: Redis) -> None:
-    slow = {"steps": {"prior": 1, "decoder": 80}}
-    victim = submit(api, prompt="cancel me", **slow)
-    survivor = submit(api, prompt="let me finish", **slow)
+    victim = submit(api, prompt="cancel me", **steps(12))
+    survivor = submit(api, prompt="let me finish", **steps(12))
     wait_for(
         lambda: (read(api, victim["id"]).get("progress") or {}).get("fraction", 0) > 0.05,
         30,
@@ -178,7 +177,7 @@ def test_cancel_a_running_batch_member(api: str, settings: Settings, redis: Redi
 
 
 def test_cancel_a_queued_job_behind_a_running_one(api: str) -> None:
-    running = submit(api, prompt="occupy", steps={"prior": 1, "decoder": 40})
+    running = submit(api, prompt="occupy", **steps(6))
     wait_for(lambda: read(api, running["id"])["status"] == "running", 30, what="the job to start")
     queued = submit(api, prompt="never run", size="256x256")  # incompatible: cannot join the batch
     assert read(api, queued["id"])["queue_position"] == 1

@@ -26,7 +26,15 @@ from service.settings import Settings
 from tests.conftest import free_port
 
 REPO = Path(__file__).resolve().parents[2]
-FAST = {"steps": {"prior": 1, "decoder": 2}}  # per-stage steps for quick 64x64 jobs
+NO_GUIDANCE = {"decoder": 1.0}  # no classifier-free guidance: half the decoder's work
+
+
+def steps(decoder: int) -> dict[str, Any]:
+    """Request fields for a 64x64 job whose length is set by its decoder steps."""
+    return {"steps": {"prior": 1, "decoder": decoder}, "guidance": NO_GUIDANCE}
+
+
+FAST = steps(2)
 
 
 def wait_for(
@@ -63,6 +71,9 @@ class WorkerProcess:
         self.metrics_port = free_port()
         self.log_path = log_dir / f"{name}.log"
         env = {**os.environ, **settings_env(settings), "UNCLIP_WORKER_METRICS_PORT": str(self.metrics_port)}
+        # One intra-op thread per worker: several workers share two cores in the tests, and
+        # oversubscribed torch threads slow a CPU step down tenfold.
+        env.update(OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
         env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")]))
         self._log = self.log_path.open("wb")
         self.process = subprocess.Popen(

@@ -7,6 +7,7 @@ import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from redis import Redis
@@ -16,9 +17,9 @@ from rq.registry import FinishedJobRegistry, StartedJobRegistry
 from service.jobs import JobStore
 from service.schemas import GenerateRequest
 from service.settings import Settings
-from tests.workers.harness import WorkerProcess, wait_for, workers
+from tests.workers.harness import WorkerProcess, steps, wait_for, workers
 
-SLOW = {"prior": 1, "decoder": 60}  # long enough to kill a worker in the middle
+SLOW = steps(10)  # long enough to kill a worker in the middle
 
 
 @pytest.fixture
@@ -42,9 +43,9 @@ def redis(redis_url: str) -> Iterator[Redis]:
     client.close()
 
 
-def submit_many(store: JobStore, count: int, steps: dict[str, int]) -> list[str]:
+def submit_many(store: JobStore, count: int, fields: dict[str, Any]) -> list[str]:
     return [
-        store.submit_request(GenerateRequest(prompt=f"job {i}", size="64x64", seed=i, steps=steps)).job.id
+        store.submit_request(GenerateRequest(prompt=f"job {i}", size="64x64", seed=i, **fields)).job.id
         for i in range(count)
     ]
 
@@ -90,7 +91,7 @@ def test_sigterm_finishes_the_batch_then_exits(settings: Settings, redis: Redis,
     store = JobStore(redis, settings)
     worker = WorkerProcess(settings, f"{settings.queue}-{uuid.uuid4().hex[:4]}", tmp_path).wait_ready(redis)
     try:
-        job_ids = submit_many(store, 3, SLOW)
+        job_ids = submit_many(store, 3, steps(6))
         wait_for(lambda: all(s is RqStatus.STARTED for s in statuses(store, job_ids)), 30, what="the batch")
         worker.signal(signal.SIGTERM)
         assert worker.process.wait(120) == 0, worker.log()
