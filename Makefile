@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install run test lint bench clean
+.PHONY: install run test lint bench validate-deploy clean
 
 # torch/torchvision first and pinned: they install from this machine's disk; a looser
 # requirement would download a multi-GB CUDA build.
@@ -29,6 +29,13 @@ lint: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python -m bench.run
+
+# Checks that run without a Docker engine (tools: see deploy/README.md).
+validate-deploy: $(STAMP)
+	GRAFANA_ADMIN_PASSWORD=validate-only UNCLIP_WEIGHTS_HOST_DIR=/srv/w UNCLIP_WEIGHTS_VERSION=v1 \
+	  docker compose -f docker-compose.yml config -q
+	$(BIN)/hadolint Dockerfile
+	$(BIN)/pytest -q tests/test_deploy_files.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache .mypy_cache
