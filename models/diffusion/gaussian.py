@@ -1,9 +1,23 @@
-"""Gaussian diffusion: the forward process, the reverse-step statistics, and the training losses.
+"""Gaussian diffusion: the forward process, the reverse-step statistics and the training losses.
 
-Notation (Ho et al. 2020; Nichol & Dhariwal 2021): β_t noise schedule, α_t = 1 - β_t,
-ᾱ_t = ∏ α_s, x_t = √ᾱ_t x_0 + √(1 - ᾱ_t) ε. The network is only a callable
-``model(x_t, t, **model_kwargs)``; conditioning passes through ``model_kwargs`` untouched. Works
-for any data shape [N x ...]: the prior diffuses vectors, the decoder images.
+Notation (Ho et al. 2020; Nichol & Dhariwal 2021; Salimans & Ho 2022):
+
+    β_t        noise schedule (:mod:`models.diffusion.schedules`), α_t = 1 - β_t, ᾱ_t = ∏_{s≤t} α_s
+    x_t        = √ᾱ_t x_0 + √(1 - ᾱ_t) ε,  ε ~ N(0, I)                       (Ho et al. eq. 4)
+    β̃_t        = β_t (1 - ᾱ_{t-1}) / (1 - ᾱ_t), the variance of q(x_{t-1} | x_t, x_0)  (eq. 7)
+    v          = √ᾱ_t ε - √(1 - ᾱ_t) x_0                                     (Salimans & Ho §4)
+    pred_xstart the network's estimate x̂_0 of x_0; eps its estimate ε̂ of ε
+
+Index t runs over 0..T-1 (t = 0 is the first noising step, guided-diffusion's convention). The
+network is only a callable ``model(x_t, t, **model_kwargs)``; conditioning passes through
+``model_kwargs`` untouched, and ``t`` is always an index of the ORIGINAL training schedule
+(``timestep_map`` translates for a respaced process). Every method works for any data shape
+[N x ...]: the prior diffuses vectors [N x D], the decoder images [N x C x H x W].
+
+Schedule constants are computed once in float64 and gathered per batch by
+:func:`_extract_into_tensor`; the arithmetic runs in float32 (float64 for float64 inputs), so a
+half-precision network still gets a well-conditioned x̂_0 = √(1/ᾱ_t) x_t - √(1/ᾱ_t - 1) ε̂
+(√(1/ᾱ_t) reaches 2·10⁴ at the end of the cosine schedule, beyond float16).
 """
 
 from __future__ import annotations
@@ -23,24 +37,45 @@ Model = Callable[..., torch.Tensor]
 
 
 class ModelMeanType(enum.Enum):
-    EPSILON = "epsilon"  # the network predicts ε
-    START_X = "x0"  # the network predicts x_0 (the paper's prior)
-    V = "v"  # v = √ᾱ ε - √(1-ᾱ) x_0 (Salimans & Ho 2022)
+    """What the network predicts (its first C output channels)."""
+
+    EPSILON = "epsilon"  # ε (Ho et al. 2020)
+    START_X = "x0"  # x_0 (the unCLIP prior)
+    V = "v"  # v = √ᾱ_t ε - √(1-ᾱ_t) x_0 (Salimans & Ho 2022)
 
 
 class ModelVarType(enum.Enum):
-    FIXED_SMALL = "fixed_small"  # σ² = β̃_t, the posterior variance
-    FIXED_LARGE = "fixed_large"  # σ² = β_t
-    LEARNED_RANGE = "learned_range"  # log σ² = v log β_t + (1 - v) log β̃_t, v from the network
+    """The variance σ_t² of p(x_{t-1} | x_t)."""
+
+    FIXED_SMALL = "fixed_small"  # σ² = β̃_t, the posterior variance (exact for a point mass x_0)
+    FIXED_LARGE = "fixed_large"  # σ² = β_t (exact for x_0 ~ N(0, I))
+    LEARNED_RANGE = "learned_range"  # log σ² = frac log β_t + (1 - frac) log β̃_t, frac = (v+1)/2
 
 
-def _extract_into_tensor(arr: np.ndarray, timesteps: torch.Tensor, shape: tuple[int, ...]) -> torch.Tensor:
-    """Gather ``arr[t]`` per batch row (float64 constants, cast once) and broadcast to ``shape``."""
-    values = torch.from_numpy(arr).to(device=timesteps.device)[timesteps].float()
-    return values.view(-1, *([1] * (len(shape) - 1))).expand(shape)
+def compute_dtype(dtype: torch.dtype) -> torch.dtype:
+    """The dtype the diffusion arithmetic runs in for data of ``dtype``: at least float32."""
+    return torch.promote_types(dtype, torch.float32)
+
+
+def _extract_into_tensor(
+    arr: np.ndarray,
+    timesteps: torch.Tensor,
+    broadcast_shape: tuple[int, ...],
+    dtype: torch.dtype = torch.float32,
+) -> torch.Tensor:
+    """``arr[t]`` per batch row, as ``dtype`` on ``timesteps``' device, broadcast to ``broadcast_shape``.
+
+    :param arr: float64 constants [T].
+    :param timesteps: LongTensor [N] of indices into ``arr``.
+    :param broadcast_shape: [N x ...], the shape of the data the constants multiply.
+    :return: a view of shape ``broadcast_shape`` (no copy along the data dimensions).
+    """
+    values = torch.from_numpy(arr).to(device=timesteps.device)[timesteps].to(dtype)  # [N]
+    return values.view(-1, *([1] * (len(broadcast_shape) - 1))).expand(broadcast_shape)
 
 
 def mean_flat(x: torch.Tensor) -> torch.Tensor:
+    """Mean over all non-batch dimensions: [N x ...] → [N]."""
     return x.mean(dim=tuple(range(1, x.dim())))
 
 
@@ -54,42 +89,47 @@ def normal_kl(
 
 
 def _approx_standard_normal_cdf(x: torch.Tensor) -> torch.Tensor:
+    """Φ(x) by the tanh approximation guided-diffusion uses (so losses match its numbers)."""
     return 0.5 * (1.0 + torch.tanh(math.sqrt(2.0 / math.pi) * (x + 0.044715 * torch.pow(x, 3))))
 
 
 def discretized_gaussian_log_likelihood(
     x: torch.Tensor, means: torch.Tensor, log_scales: torch.Tensor
 ) -> torch.Tensor:
-    """log p(x) of data in [-1, 1] quantised to 256 bins under N(means, e^(2 log_scales))."""
+    """log p(x) for data in [-1, 1] quantised to 256 bins, under N(means, e^(2 log_scales)).
+
+    Ho et al. 2020 eq. 13, the decoder term L_0; the outer bins extend to ±∞.
+    """
     centered = x - means
     inv_stdv = torch.exp(-log_scales)
     cdf_plus = _approx_standard_normal_cdf(inv_stdv * (centered + 1.0 / 255.0))
     cdf_min = _approx_standard_normal_cdf(inv_stdv * (centered - 1.0 / 255.0))
     log_cdf_plus = torch.log(cdf_plus.clamp(min=1e-12))
     log_one_minus_cdf_min = torch.log((1.0 - cdf_min).clamp(min=1e-12))
-    log_probs = torch.where(
-        x < -0.999,
-        log_cdf_plus,
-        torch.where(x > 0.999, log_one_minus_cdf_min, torch.log((cdf_plus - cdf_min).clamp(min=1e-12))),
-    )
-    return log_probs
+    log_cdf_delta = torch.log((cdf_plus - cdf_min).clamp(min=1e-12))
+    return torch.where(x < -0.999, log_cdf_plus, torch.where(x > 0.999, log_one_minus_cdf_min, log_cdf_delta))
 
 
 class GaussianDiffusion:
-    """Schedule constants (float64, computed once) and the maths that uses them.
+    """Schedule constants (float64, computed once) and the math that uses them.
 
-    ``timestep_map[i]`` is the original timestep the network sees at index i; it is the
-    identity here and a subsequence for a respaced process (:mod:`models.diffusion.respace`).
+    :param betas: β_t, float64-convertible array [T], each in (0, 1].
+    :param mean_type: what the network predicts.
+    :param var_type: how σ_t² of the reverse step is chosen.
+
+    ``timestep_map[i]`` is the original timestep the network sees at index i: the identity here,
+    a subsequence for a respaced process (:class:`models.diffusion.respace.SpacedDiffusion`).
     """
 
     def __init__(self, betas: np.ndarray, mean_type: ModelMeanType, var_type: ModelVarType):
         betas = np.asarray(betas, dtype=np.float64)
-        assert betas.ndim == 1 and (betas > 0).all() and (betas <= 1).all()
+        if betas.ndim != 1 or not ((betas > 0).all() and (betas <= 1).all()):
+            raise ValueError("betas must be a 1-D array with values in (0, 1]")
         self.betas = betas
         self.mean_type = mean_type
         self.var_type = var_type
         self.num_timesteps = len(betas)
-        self.timestep_map = np.arange(self.num_timesteps)
+        self.timestep_map = np.arange(self.num_timesteps, dtype=np.int64)
 
         alphas = 1.0 - betas
         self.alphas_cumprod = np.cumprod(alphas)
@@ -98,77 +138,91 @@ class GaussianDiffusion:
         self.sqrt_one_minus_alphas_cumprod = np.sqrt(1.0 - self.alphas_cumprod)
         self.sqrt_recip_alphas_cumprod = np.sqrt(1.0 / self.alphas_cumprod)
         self.sqrt_recipm1_alphas_cumprod = np.sqrt(1.0 / self.alphas_cumprod - 1)
-        # q(x_{t-1} | x_t, x_0) = N(coef1 x_0 + coef2 x_t, β̃_t)   (Ho et al. eq. 6-7)
+        # q(x_{t-1} | x_t, x_0) = N(coef1 x_0 + coef2 x_t, β̃_t I)   (Ho et al. eq. 6-7)
         self.posterior_variance = betas * (1.0 - self.alphas_cumprod_prev) / (1.0 - self.alphas_cumprod)
-        # β̃ at the first kept step is 0, so its log is clipped to the next one (guided-diffusion);
-        # a one-step process never adds noise, so any finite value serves there.
-        variance = self.posterior_variance
-        clipped = np.append(variance[1], variance[1:]) if len(variance) > 1 else np.maximum(variance, 1e-20)
-        self.posterior_log_variance_clipped = np.log(clipped)
+        # β̃_0 = 0, so its log is clipped to log β̃_1 (guided-diffusion); with one step, to log β_0.
+        first = self.posterior_variance[1] if self.num_timesteps > 1 else betas[0]
+        self.posterior_log_variance_clipped = np.log(np.append(first, self.posterior_variance[1:]))
         self.posterior_mean_coef1 = betas * np.sqrt(self.alphas_cumprod_prev) / (1.0 - self.alphas_cumprod)
         self.posterior_mean_coef2 = (
             (1.0 - self.alphas_cumprod_prev) * np.sqrt(alphas) / (1.0 - self.alphas_cumprod)
         )
+        # FIXED_LARGE uses β_t, except β̃_1 at t = 0 "to get a better decoder log likelihood" (guided-diffusion).
+        self._fixed_large_variance = np.append(first, betas[1:])
+        self._timestep_map_tensor = torch.from_numpy(self.timestep_map)
 
     # -- forward process ----------------------------------------------------------------------
     def q_sample(
         self, x_start: torch.Tensor, t: torch.Tensor, noise: torch.Tensor | None = None
     ) -> torch.Tensor:
-        """Draw x_t ~ q(x_t | x_0) = N(√ᾱ_t x_0, (1 - ᾱ_t) I)."""
+        """Draw x_t ~ q(x_t | x_0) = N(√ᾱ_t x_0, (1 - ᾱ_t) I).
+
+        :param x_start: x_0 [N x ...]; :param t: LongTensor [N]; :param noise: ε like x_start.
+        :return: x_t [N x ...] in ``x_start``'s dtype.
+        """
         noise = torch.randn_like(x_start) if noise is None else noise
-        shape = tuple(x_start.shape)
-        return (
-            _extract_into_tensor(self.sqrt_alphas_cumprod, t, shape) * x_start
-            + _extract_into_tensor(self.sqrt_one_minus_alphas_cumprod, t, shape) * noise
+        shape, dtype = tuple(x_start.shape), compute_dtype(x_start.dtype)
+        x_t = (
+            _extract_into_tensor(self.sqrt_alphas_cumprod, t, shape, dtype) * x_start
+            + _extract_into_tensor(self.sqrt_one_minus_alphas_cumprod, t, shape, dtype) * noise
         )
+        return x_t.to(x_start.dtype)
 
     def q_posterior_mean_variance(
         self, x_start: torch.Tensor, x_t: torch.Tensor, t: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        shape = tuple(x_t.shape)
+        """q(x_{t-1} | x_t, x_0): (mean, variance β̃_t, clipped log β̃_t), each [N x ...]."""
+        shape, dtype = tuple(x_t.shape), compute_dtype(x_t.dtype)
         mean = (
-            _extract_into_tensor(self.posterior_mean_coef1, t, shape) * x_start
-            + _extract_into_tensor(self.posterior_mean_coef2, t, shape) * x_t
+            _extract_into_tensor(self.posterior_mean_coef1, t, shape, dtype) * x_start
+            + _extract_into_tensor(self.posterior_mean_coef2, t, shape, dtype) * x_t
         )
-        variance = _extract_into_tensor(self.posterior_variance, t, shape)
-        log_variance = _extract_into_tensor(self.posterior_log_variance_clipped, t, shape)
+        variance = _extract_into_tensor(self.posterior_variance, t, shape, dtype)
+        log_variance = _extract_into_tensor(self.posterior_log_variance_clipped, t, shape, dtype)
         return mean, variance, log_variance
 
-    # -- parameterisations --------------------------------------------------------------------
+    # -- parameterisations (all affine in x_t at fixed t) ------------------------------------
     def _predict_xstart_from_eps(self, x_t: torch.Tensor, t: torch.Tensor, eps: torch.Tensor) -> torch.Tensor:
-        shape = tuple(x_t.shape)
+        """x̂_0 = √(1/ᾱ_t) x_t - √(1/ᾱ_t - 1) ε̂   (Ho et al. eq. 4 solved for x_0)."""
+        shape, dtype = tuple(x_t.shape), compute_dtype(x_t.dtype)
         return (
-            _extract_into_tensor(self.sqrt_recip_alphas_cumprod, t, shape) * x_t
-            - _extract_into_tensor(self.sqrt_recipm1_alphas_cumprod, t, shape) * eps
+            _extract_into_tensor(self.sqrt_recip_alphas_cumprod, t, shape, dtype) * x_t
+            - _extract_into_tensor(self.sqrt_recipm1_alphas_cumprod, t, shape, dtype) * eps
         )
 
     def _predict_eps_from_xstart(
         self, x_t: torch.Tensor, t: torch.Tensor, pred_xstart: torch.Tensor
     ) -> torch.Tensor:
-        shape = tuple(x_t.shape)
+        """ε̂ = (√(1/ᾱ_t) x_t - x̂_0) / √(1/ᾱ_t - 1)."""
+        shape, dtype = tuple(x_t.shape), compute_dtype(x_t.dtype)
         return (
-            _extract_into_tensor(self.sqrt_recip_alphas_cumprod, t, shape) * x_t - pred_xstart
-        ) / _extract_into_tensor(self.sqrt_recipm1_alphas_cumprod, t, shape)
+            _extract_into_tensor(self.sqrt_recip_alphas_cumprod, t, shape, dtype) * x_t - pred_xstart
+        ) / _extract_into_tensor(self.sqrt_recipm1_alphas_cumprod, t, shape, dtype)
 
     def _predict_xstart_from_v(self, x_t: torch.Tensor, t: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-        shape = tuple(x_t.shape)
+        """x̂_0 = √ᾱ_t x_t - √(1-ᾱ_t) v̂   (Salimans & Ho 2022, §4)."""
+        shape, dtype = tuple(x_t.shape), compute_dtype(x_t.dtype)
         return (
-            _extract_into_tensor(self.sqrt_alphas_cumprod, t, shape) * x_t
-            - _extract_into_tensor(self.sqrt_one_minus_alphas_cumprod, t, shape) * v
+            _extract_into_tensor(self.sqrt_alphas_cumprod, t, shape, dtype) * x_t
+            - _extract_into_tensor(self.sqrt_one_minus_alphas_cumprod, t, shape, dtype) * v
         )
 
     def v_target(self, x_start: torch.Tensor, t: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
-        shape = tuple(x_start.shape)
+        """v = √ᾱ_t ε - √(1-ᾱ_t) x_0, [N x ...]."""
+        shape, dtype = tuple(x_start.shape), compute_dtype(x_start.dtype)
         return (
-            _extract_into_tensor(self.sqrt_alphas_cumprod, t, shape) * noise
-            - _extract_into_tensor(self.sqrt_one_minus_alphas_cumprod, t, shape) * x_start
+            _extract_into_tensor(self.sqrt_alphas_cumprod, t, shape, dtype) * noise
+            - _extract_into_tensor(self.sqrt_one_minus_alphas_cumprod, t, shape, dtype) * x_start
         )
 
     def call_model(
-        self, model: Model, x: torch.Tensor, t: torch.Tensor, model_kwargs: dict[str, Any] | None
+        self, model: Model, x: torch.Tensor, t: torch.Tensor, model_kwargs: dict[str, Any] | None = None
     ) -> torch.Tensor:
-        """Run the network at the ORIGINAL timesteps of index ``t`` (respacing keeps the network)."""
-        original = torch.from_numpy(self.timestep_map).to(t.device)[t]
+        """Run the network at the ORIGINAL timesteps of indices ``t`` (respacing keeps the network).
+
+        :param t: LongTensor [N] of indices into this process; the model gets ``timestep_map[t]``.
+        """
+        original = self._timestep_map_tensor.to(t.device)[t]  # [N]
         return model(x, original, **(model_kwargs or {}))
 
     # -- reverse process ----------------------------------------------------------------------
@@ -180,27 +234,34 @@ class GaussianDiffusion:
         clip_denoised: bool = True,
         model_kwargs: dict[str, Any] | None = None,
     ) -> dict[str, torch.Tensor]:
-        """p(x_{t-1} | x_t): mean, variance, log_variance, and the implied pred_xstart and eps."""
-        shape = tuple(x.shape)
-        output = self.call_model(model, x, t, model_kwargs)
+        """p(x_{t-1} | x_t) and the estimates it rests on.
+
+        :param x: x_t [N x C x ...] (any trailing shape); the network sees it as is.
+        :param t: LongTensor [N] of indices into this process.
+        :param clip_denoised: clamp x̂_0 to [-1, 1] (data scaled to that range) before use.
+        :return: ``mean``, ``variance``, ``log_variance`` of x_{t-1}, ``pred_xstart`` (x̂_0) and
+            ``eps`` (the ε̂ consistent with the possibly clipped x̂_0), each [N x C x ...] in
+            float32 (float64 for float64 input). With LEARNED_RANGE the network returns
+            [N x 2C x ...]: C channels for the mean, then C variance values v in [-1, 1].
+        """
+        shape, dtype = tuple(x.shape), compute_dtype(x.dtype)
+        output = self.call_model(model, x, t, model_kwargs).to(dtype)
         if self.var_type == ModelVarType.LEARNED_RANGE:
-            output, var_values = output.split(x.shape[1], dim=1)
-            # Interpolate log σ² between β̃_t (min) and β_t (max) (Nichol & Dhariwal eq. 15).
-            min_log = _extract_into_tensor(self.posterior_log_variance_clipped, t, shape)
-            max_log = _extract_into_tensor(np.log(self.betas), t, shape)
-            frac = (var_values.float() + 1) / 2
+            if output.shape[1] != 2 * shape[1]:
+                raise ValueError(f"learned sigma needs 2 x {shape[1]} output channels, got {output.shape[1]}")
+            output, var_values = output.split(shape[1], dim=1)
+            # Nichol & Dhariwal eq. 15: Σ_θ = exp(v log β_t + (1 - v) log β̃_t), v mapped from [-1, 1].
+            min_log = _extract_into_tensor(self.posterior_log_variance_clipped, t, shape, dtype)
+            max_log = _extract_into_tensor(np.log(self.betas), t, shape, dtype)
+            frac = (var_values + 1) / 2
             log_variance = frac * max_log + (1 - frac) * min_log
             variance = torch.exp(log_variance)
         else:
-            if self.var_type == ModelVarType.FIXED_LARGE:
-                fixed = np.append(self.posterior_variance[1], self.betas[1:])
-            else:
-                fixed = self.posterior_variance
-            variance = _extract_into_tensor(fixed, t, shape)
-            log_variance = _extract_into_tensor(np.log(np.maximum(fixed, 1e-20)), t, shape)
-            if self.var_type == ModelVarType.FIXED_SMALL:
-                log_variance = _extract_into_tensor(self.posterior_log_variance_clipped, t, shape)
+            fixed, fixed_log = self._fixed_variance()
+            variance = _extract_into_tensor(fixed, t, shape, dtype)
+            log_variance = _extract_into_tensor(fixed_log, t, shape, dtype)
 
+        x = x.to(dtype)
         if self.mean_type == ModelMeanType.EPSILON:
             pred_xstart = self._predict_xstart_from_eps(x, t, output)
         elif self.mean_type == ModelMeanType.V:
@@ -209,8 +270,12 @@ class GaussianDiffusion:
             pred_xstart = output
         if clip_denoised:
             pred_xstart = pred_xstart.clamp(-1, 1)
+        if self.mean_type == ModelMeanType.EPSILON and not clip_denoised:
+            eps = output
+        else:
+            eps = self._predict_eps_from_xstart(x, t, pred_xstart)
+        # μ_θ(x_t, t) = μ̃_t(x_t, x̂_0): the posterior mean with x_0 replaced by its estimate.
         mean, _, _ = self.q_posterior_mean_variance(pred_xstart, x, t)
-        eps = self._predict_eps_from_xstart(x, t, pred_xstart)
         return {
             "mean": mean,
             "variance": variance,
@@ -218,6 +283,12 @@ class GaussianDiffusion:
             "pred_xstart": pred_xstart,
             "eps": eps,
         }
+
+    def _fixed_variance(self) -> tuple[np.ndarray, np.ndarray]:
+        """(σ_t², log σ_t²) [T] for the fixed variance types."""
+        if self.var_type == ModelVarType.FIXED_LARGE:
+            return self._fixed_large_variance, np.log(self._fixed_large_variance)
+        return self.posterior_variance, self.posterior_log_variance_clipped
 
     # -- training -----------------------------------------------------------------------------
     def training_losses(
@@ -228,38 +299,49 @@ class GaussianDiffusion:
         model_kwargs: dict[str, Any] | None = None,
         noise: torch.Tensor | None = None,
     ) -> dict[str, torch.Tensor]:
-        """Per-sample losses [N]: ``mse`` (L_simple on the predicted quantity), ``vb`` with a
-        learned variance, and ``loss`` = mse + vb (the hybrid objective of Nichol & Dhariwal)."""
+        """Per-sample losses, each float32 [N] (float64 for float64 data).
+
+        ``mse``: L_simple, the mean squared error of the predicted quantity (ε, x_0 or v by
+        ``mean_type``). With LEARNED_RANGE also ``vb``: L_vlb's term at t in bits/dim, computed
+        with a stop-gradient on the mean so that it trains only the variance, and weighted by
+        T/1000 ("L_hybrid = L_simple + λ L_vlb, λ = 0.001", Nichol & Dhariwal §3.1, where L_vlb
+        sums T terms; guided-diffusion's rescaling). ``loss`` = mse (+ vb).
+
+        :param x_start: x_0 [N x ...]; :param t: LongTensor [N] of indices into this process;
+        :param noise: ε like ``x_start`` (drawn when None).
+        """
         noise = torch.randn_like(x_start) if noise is None else noise
         x_t = self.q_sample(x_start, t, noise)
         output = self.call_model(model, x_t, t, model_kwargs)
         terms: dict[str, torch.Tensor] = {}
         if self.var_type == ModelVarType.LEARNED_RANGE:
             output, var_values = output.split(x_t.shape[1], dim=1)
-            # The vb term trains only the variance: the mean goes in with a stop-gradient.
             frozen = torch.cat([output.detach(), var_values], dim=1)
             vb = self._vb_terms_bpd(lambda *_, **__: frozen, x_start, x_t, t)
-            # L_vlb is summed over T terms; rescale so λ matches guided-diffusion's 0.001 · T/1000.
-            terms["vb"] = vb * self.num_timesteps / 1000.0
+            terms["vb"] = vb * (self.num_timesteps / 1000.0)
+        dtype = compute_dtype(x_start.dtype)
         target = {
             ModelMeanType.EPSILON: noise,
             ModelMeanType.START_X: x_start,
             ModelMeanType.V: self.v_target(x_start, t, noise),
         }[self.mean_type]
-        terms["mse"] = mean_flat((target.float() - output.float()) ** 2)
-        terms["loss"] = terms["mse"] + terms.get("vb", torch.zeros_like(terms["mse"]))
+        terms["mse"] = mean_flat((target.to(dtype) - output.to(dtype)) ** 2)
+        terms["loss"] = terms["mse"] + terms["vb"] if "vb" in terms else terms["mse"]
         return terms
 
     def _vb_terms_bpd(
         self, model: Model, x_start: torch.Tensor, x_t: torch.Tensor, t: torch.Tensor
     ) -> torch.Tensor:
-        """L_{t-1} = KL(q(x_{t-1}|x_t,x_0) ‖ p(x_{t-1}|x_t)) in bits/dim; the decoder NLL at t = 0."""
+        """L_{t-1} = KL(q(x_{t-1} | x_t, x_0) ‖ p(x_{t-1} | x_t)) in bits/dim [N]; the decoder
+        NLL -log p(x_0 | x_1) at t = 0 (Ho et al. eq. 5)."""
         true_mean, _, true_log_variance = self.q_posterior_mean_variance(x_start, x_t, t)
         out = self.p_mean_variance(model, x_t, t, clip_denoised=False)
         kl = mean_flat(normal_kl(true_mean, true_log_variance, out["mean"], out["log_variance"])) / math.log(
             2.0
         )
-        nll = -discretized_gaussian_log_likelihood(x_start, out["mean"], 0.5 * out["log_variance"])
+        nll = -discretized_gaussian_log_likelihood(
+            x_start.to(kl.dtype), out["mean"], 0.5 * out["log_variance"]
+        )
         nll = mean_flat(nll) / math.log(2.0)
         return torch.where(t == 0, nll, kl)
 
@@ -268,14 +350,18 @@ MEAN_TYPES = {"epsilon": ModelMeanType.EPSILON, "x0": ModelMeanType.START_X, "v"
 
 
 def create_diffusion(config: DiffusionConfig, steps: int | None = None) -> GaussianDiffusion:
-    """The training process of a stage (``steps`` None) or its respaced sampling process."""
-    from models.diffusion.respace import SpacedDiffusion, space_timesteps
+    """A stage's training process (``steps`` None) or its sampling process respaced to ``steps``
+    strided steps (:func:`models.diffusion.respace.space_timesteps`).
+
+    Without a learned variance the reverse variance is β̃_t (FIXED_SMALL): it only matters to the
+    DDPM sampler, and at the few strided steps we sample with it is the better of the two fixed
+    choices (Nichol & Dhariwal §3.1, Fig. 1; our Gaussian tests show the same).
+    """
+    from models.diffusion.respace import SpacedDiffusion, space_timesteps  # respace subclasses this module
 
     betas = get_named_beta_schedule(config.schedule, config.timesteps)
     mean_type = MEAN_TYPES[config.prediction]
-    # Without a learned variance, β̃_t (the posterior variance) is the better choice at the
-    # few strided steps we sample with.
     var_type = ModelVarType.LEARNED_RANGE if config.learn_sigma else ModelVarType.FIXED_SMALL
-    if steps is None or steps >= config.timesteps:
+    if steps is None or steps == config.timesteps:
         return GaussianDiffusion(betas, mean_type, var_type)
     return SpacedDiffusion(space_timesteps(config.timesteps, steps), betas, mean_type, var_type)

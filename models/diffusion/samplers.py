@@ -1,28 +1,45 @@
 """Stateless samplers with one signature for every stage (k-diffusion's ``sampling.py`` idea).
 
 Each takes the (usually respaced) diffusion as data, the model as a callable, the batch shape
-and a :class:`RowNoise` from which every stochastic draw is taken. Nothing is stored between
-calls, so one worker serves many requests with one set of networks.
+[N x ...] and a :class:`RowNoise` from which every stochastic draw is taken (x_T, then each step's
+z), so a row's result depends only on its own seed. Nothing is stored between calls: one worker
+serves many requests with one set of networks. Guidance, if any, is inside ``model``.
+
+Notation (see :mod:`models.diffusion.gaussian`): the loop visits indices i = S-1, ..., 0 of the
+diffusion passed in; ᾱ_i its ``alphas_cumprod``, ᾱ_{i-1} its ``alphas_cumprod_prev`` (1 at i = 0);
+x̂_0 and ε̂ come from :meth:`GaussianDiffusion.p_mean_variance` (clipped when ``clip_denoised``).
+The state x is kept in ``dtype`` (what the network sees); each update is computed in at least
+float32 and cast back.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any, Literal
 
 import numpy as np
 import torch
 
-from models.diffusion.gaussian import GaussianDiffusion, Model, _extract_into_tensor
+from models.diffusion.gaussian import GaussianDiffusion, Model
 from models.diffusion.noise import RowNoise
 
 SamplerName = Literal["ddpm", "ddim", "dpm++2m"]
 Progress = Callable[[int, int], None] | None
 
 
-def _timesteps(diffusion: GaussianDiffusion, n: int, device: torch.device | None):
-    for i in reversed(range(diffusion.num_timesteps)):
-        yield i, torch.full((n,), i, dtype=torch.long, device=device)
+def _start(
+    shape: tuple[int, ...], noise: RowNoise, device: torch.device | str | None, dtype: torch.dtype
+) -> torch.Tensor:
+    """x_T ~ N(0, I) [N x ...], row i from stream i."""
+    if shape[0] != len(noise):
+        raise ValueError(f"batch of {shape[0]} rows but {len(noise)} noise streams")
+    return noise.randn(tuple(shape[1:]), device, dtype)
+
+
+def _indices(diffusion: GaussianDiffusion, x: torch.Tensor) -> Iterator[tuple[int, int, torch.Tensor]]:
+    """(step 1..S, index i = S-1..0, t = LongTensor [N] filled with i)."""
+    for step, i in enumerate(reversed(range(diffusion.num_timesteps)), start=1):
+        yield step, i, torch.full((x.shape[0],), i, dtype=torch.long, device=x.device)
 
 
 def _report(progress: Progress, step: int, total: int) -> None:
@@ -34,113 +51,36 @@ def _report(progress: Progress, step: int, total: int) -> None:
 def ddpm_sample_loop(
     diffusion: GaussianDiffusion,
     model: Model,
-    x: torch.Tensor,
+    shape: tuple[int, ...],
     noise: RowNoise,
     *,
-    model_kwargs: dict[str, Any],
-    clip_denoised: bool,
-    eta: float,
-    progress: Progress,
+    model_kwargs: dict[str, Any] | None = None,
+    clip_denoised: bool = True,
+    progress: Progress = None,
+    device: torch.device | str | None = None,
+    dtype: torch.dtype = torch.float32,
 ) -> torch.Tensor:
-    """Ancestral sampling: x_{t-1} = μ_θ(x_t, t) + σ_t z, z ~ N(0, I) (Ho et al. 2020, Alg. 2)."""
+    """Ancestral sampling (Ho et al. 2020, Algorithm 2), with the diffusion's variance type
+    (fixed β̃ / β, or learned range).
+
+    1. μ_θ(x_i, i), σ_i² from p_mean_variance          (eq. 11 via the posterior mean, eq. 7)
+    2. x_{i-1} = μ_θ + σ_i z, z ~ N(0, I); no noise at i = 0 ("if t > 1 ... else z = 0")
+    """
+    x = _start(shape, noise, device, dtype)  # [N x ...]
     total = diffusion.num_timesteps
-    for step, (i, t) in enumerate(_timesteps(diffusion, len(x), x.device), start=1):
-        out = diffusion.p_mean_variance(model, x, t, clip_denoised, model_kwargs)
-        if i > 0:  # no noise is added on the last step
-            z = noise.randn(tuple(x.shape[1:]), x.device)
-            x = out["mean"] + torch.exp(0.5 * out["log_variance"]) * z
-        else:
-            x = out["mean"]
+    for step, i, t in _indices(diffusion, x):
+        out = diffusion.p_mean_variance(model, x, t, clip_denoised, model_kwargs)  # 1.
+        x_prev = out["mean"]
+        if i > 0:  # 2.
+            z = noise.randn(tuple(shape[1:]), x.device, x_prev.dtype)  # [N x ...]
+            x_prev = x_prev + torch.exp(0.5 * out["log_variance"]) * z
+        x = x_prev.to(dtype)
         _report(progress, step, total)
     return x
 
 
 @torch.no_grad()
 def ddim_sample_loop(
-    diffusion: GaussianDiffusion,
-    model: Model,
-    x: torch.Tensor,
-    noise: RowNoise,
-    *,
-    model_kwargs: dict[str, Any],
-    clip_denoised: bool,
-    eta: float,
-    progress: Progress,
-) -> torch.Tensor:
-    """DDIM (Song et al. 2021, eq. 12); η = 0 is deterministic, η = 1 matches DDPM's variance.
-
-    1. predict x̂_0 and ε̂ at t
-    2. σ_t = η √((1-ᾱ_{t-1})/(1-ᾱ_t)) √(1 - ᾱ_t/ᾱ_{t-1})
-    3. x_{t-1} = √ᾱ_{t-1} x̂_0 + √(1 - ᾱ_{t-1} - σ_t²) ε̂ + σ_t z
-    """
-    total = diffusion.num_timesteps
-    shape = tuple(x.shape)
-    for step, (i, t) in enumerate(_timesteps(diffusion, len(x), x.device), start=1):
-        out = diffusion.p_mean_variance(model, x, t, clip_denoised, model_kwargs)
-        alpha_bar = _extract_into_tensor(diffusion.alphas_cumprod, t, shape)
-        alpha_bar_prev = _extract_into_tensor(diffusion.alphas_cumprod_prev, t, shape)
-        sigma = (
-            eta
-            * torch.sqrt((1 - alpha_bar_prev) / (1 - alpha_bar))
-            * torch.sqrt(1 - alpha_bar / alpha_bar_prev)
-        )
-        x = (
-            out["pred_xstart"] * torch.sqrt(alpha_bar_prev)
-            + torch.sqrt(1 - alpha_bar_prev - sigma**2) * out["eps"]
-        )
-        if i > 0 and eta > 0:
-            x = x + sigma * noise.randn(shape[1:], x.device)
-        _report(progress, step, total)
-    return x
-
-
-@torch.no_grad()
-def dpmpp_2m_sample_loop(
-    diffusion: GaussianDiffusion,
-    model: Model,
-    x: torch.Tensor,
-    noise: RowNoise,
-    *,
-    model_kwargs: dict[str, Any],
-    clip_denoised: bool,
-    eta: float,
-    progress: Progress,
-) -> torch.Tensor:
-    """DPM-Solver++(2M) (Lu et al. 2022, Alg. 2), data prediction, over the discrete steps.
-
-    With α_t = √ᾱ_t, σ_t = √(1-ᾱ_t), λ_t = log(α_t/σ_t), h = λ_t - λ_s for a step s → t:
-    1. D = x̂_0(s) on the first step; else D = (1 + 1/(2r)) x̂_0(s) - 1/(2r) x̂_0(s_prev), r = h_prev/h
-    2. x_t = (σ_t/σ_s) x_s - α_t (e^{-h} - 1) D
-    The last step (at the smallest kept timestep) returns x̂_0 itself.
-    """
-    alpha = np.sqrt(diffusion.alphas_cumprod)
-    sigma = np.sqrt(1.0 - diffusion.alphas_cumprod)
-    lam = np.log(alpha) - np.log(sigma)
-    total = diffusion.num_timesteps
-    old_x0: torch.Tensor | None = None
-    h_prev = 0.0
-    for step, (i, t) in enumerate(_timesteps(diffusion, len(x), x.device), start=1):
-        x0 = diffusion.p_mean_variance(model, x, t, clip_denoised, model_kwargs)["pred_xstart"]
-        if i == 0:
-            x = x0
-        else:
-            h = float(lam[i - 1] - lam[i])
-            if old_x0 is None:
-                d = x0
-            else:
-                r = h_prev / h
-                d = (1 + 1 / (2 * r)) * x0 - (1 / (2 * r)) * old_x0
-            x = float(sigma[i - 1] / sigma[i]) * x - float(alpha[i - 1] * np.expm1(-h)) * d
-            old_x0, h_prev = x0, h
-        _report(progress, step, total)
-    return x
-
-
-SAMPLERS = {"ddpm": ddpm_sample_loop, "ddim": ddim_sample_loop, "dpm++2m": dpmpp_2m_sample_loop}
-
-
-def sample(
-    sampler: SamplerName,
     diffusion: GaussianDiffusion,
     model: Model,
     shape: tuple[int, ...],
@@ -153,19 +93,119 @@ def sample(
     device: torch.device | str | None = None,
     dtype: torch.dtype = torch.float32,
 ) -> torch.Tensor:
-    """Draw x_T from ``noise`` and run ``sampler`` down to x_0. ``shape`` is [N x ...], N = len(noise)."""
-    if shape[0] != len(noise):
-        raise ValueError(f"batch of {shape[0]} rows but {len(noise)} noise streams")
+    """DDIM (Song et al. 2021, eq. 12 and 16); η = 0 is deterministic, η = 1 has DDPM's β̃ variance.
+
+    1. x̂_0, ε̂ at i                                       ("predicted x_0" of eq. 12)
+    2. σ_i = η √((1-ᾱ_{i-1})/(1-ᾱ_i)) √(1 - ᾱ_i/ᾱ_{i-1})    (eq. 16)
+    3. x_{i-1} = √ᾱ_{i-1} x̂_0 + √(1 - ᾱ_{i-1} - σ_i²) ε̂ + σ_i z   (eq. 12; at i = 0, x̂_0 itself)
+    """
+    x = _start(shape, noise, device, dtype)  # [N x ...]
+    total = diffusion.num_timesteps
+    for step, i, t in _indices(diffusion, x):
+        out = diffusion.p_mean_variance(model, x, t, clip_denoised, model_kwargs)  # 1.
+        # Every row is at the same index i, so the coefficients are scalars (float64 here).
+        alpha_bar, alpha_bar_prev = diffusion.alphas_cumprod[i], diffusion.alphas_cumprod_prev[i]
+        sigma = eta * np.sqrt((1 - alpha_bar_prev) / (1 - alpha_bar) * (1 - alpha_bar / alpha_bar_prev))  # 2.
+        direction = float(np.sqrt(max(1 - alpha_bar_prev - sigma**2, 0.0))) * out["eps"]
+        x_prev = float(np.sqrt(alpha_bar_prev)) * out["pred_xstart"] + direction  # 3.
+        if i > 0 and eta > 0:
+            x_prev = x_prev + float(sigma) * noise.randn(tuple(shape[1:]), x.device, x_prev.dtype)
+        x = x_prev.to(dtype)
+        _report(progress, step, total)
+    return x
+
+
+@torch.no_grad()
+def dpmpp_2m_sample_loop(
+    diffusion: GaussianDiffusion,
+    model: Model,
+    shape: tuple[int, ...],
+    noise: RowNoise,
+    *,
+    model_kwargs: dict[str, Any] | None = None,
+    clip_denoised: bool = True,
+    progress: Progress = None,
+    device: torch.device | str | None = None,
+    dtype: torch.dtype = torch.float32,
+) -> torch.Tensor:
+    """DPM-Solver++(2M) (Lu et al. 2022, "DPM-Solver++", Algorithm 2): multistep, data prediction,
+    in log-SNR over the diffusion's discrete steps. Only x_T is random.
+
+    With α_i = √ᾱ_i, σ_i = √(1-ᾱ_i), λ_i = log(α_i/σ_i), and for the step i → i-1:
+    1. x̂_0(i) from p_mean_variance; h_i = λ_{i-1} - λ_i
+    2. first step: D_i = x̂_0(i) (first order, = DDIM η=0); later: r_i = h_{i+1}/h_i,
+       D_i = (1 + 1/(2r_i)) x̂_0(i) - 1/(2r_i) x̂_0(i+1)
+    3. x_{i-1} = (σ_{i-1}/σ_i) x_i - α_{i-1} (e^{-h_i} - 1) D_i      (Algorithm 2, line 7)
+    4. the last step (i = 0 → λ = +∞, σ = 0) returns the denoised x̂_0(0).
+    """
+    x = _start(shape, noise, device, dtype)  # [N x ...]
+    alpha = np.sqrt(diffusion.alphas_cumprod)
+    sigma = np.sqrt(1.0 - diffusion.alphas_cumprod)
+    lam = np.log(alpha) - np.log(sigma)  # increasing as i decreases
+    total = diffusion.num_timesteps
+    previous: tuple[torch.Tensor, float] | None = None  # (x̂_0(i+1), h_{i+1})
+    for step, i, t in _indices(diffusion, x):
+        pred_xstart = diffusion.p_mean_variance(model, x, t, clip_denoised, model_kwargs)["pred_xstart"]  # 1.
+        if i == 0:
+            x = pred_xstart.to(dtype)  # 4.
+            _report(progress, step, total)
+            break
+        h = float(lam[i - 1] - lam[i])
+        if previous is None:  # 2.
+            denoised = pred_xstart
+        else:
+            r = previous[1] / h
+            denoised = (1 + 1 / (2 * r)) * pred_xstart - (1 / (2 * r)) * previous[0]
+        x_prev = (
+            float(sigma[i - 1] / sigma[i]) * x.to(pred_xstart.dtype)
+            - float(alpha[i - 1] * np.expm1(-h)) * denoised
+        )
+        x = x_prev.to(dtype)  # 3.
+        previous = (pred_xstart, h)
+        _report(progress, step, total)
+    return x
+
+
+SAMPLERS: dict[str, Callable[..., torch.Tensor]] = {
+    "ddpm": ddpm_sample_loop,
+    "ddim": ddim_sample_loop,
+    "dpm++2m": dpmpp_2m_sample_loop,
+}
+
+
+def sample(
+    sampler: SamplerName,
+    diffusion: GaussianDiffusion,
+    model: Model,
+    shape: tuple[int, ...],
+    noise: RowNoise,
+    *,
+    model_kwargs: dict[str, Any] | None = None,
+    clip_denoised: bool = True,
+    eta: float = 0.0,
+    progress: Callable[[int, int], None] | None = None,
+    device: torch.device | str | None = None,
+    dtype: torch.dtype = torch.float32,
+) -> torch.Tensor:
+    """Draw x_T from ``noise`` and run ``sampler`` down to x_0.
+
+    :param sampler: "ddpm", "ddim" or "dpm++2m".
+    :param diffusion: the process to sample (typically ``create_diffusion(cfg, steps)``); one model
+        call per index, so ``diffusion.num_timesteps`` calls.
+    :param model: ``model(x, t, **model_kwargs)`` with t the original timesteps, LongTensor [N].
+    :param shape: [N x ...], N == len(noise).
+    :param eta: DDIM's η; only "ddim" takes it (DDPM is stochastic, DPM-Solver++(2M) deterministic).
+    :param progress: called as ``progress(step, total)`` after each step, step = 1..total.
+    :param device: where x lives (None: the CPU). :param dtype: the dtype of x.
+    :return: x_0 [N x ...] in ``dtype`` on ``device``.
+    """
     if sampler not in SAMPLERS:
         raise ValueError(f"unknown sampler {sampler!r}; known: {sorted(SAMPLERS)}")
-    x = noise.randn(tuple(shape[1:]), device, dtype)
-    return SAMPLERS[sampler](
-        diffusion,
-        model,
-        x,
-        noise,
-        model_kwargs=model_kwargs or {},
-        clip_denoised=clip_denoised,
-        eta=eta,
-        progress=progress,
+    kwargs: dict[str, Any] = dict(
+        model_kwargs=model_kwargs, clip_denoised=clip_denoised, progress=progress, device=device, dtype=dtype
     )
+    if sampler == "ddim":
+        kwargs["eta"] = eta
+    elif eta != 0.0:
+        raise ValueError(f"eta applies to the ddim sampler only, got eta={eta} for {sampler!r}")
+    return SAMPLERS[sampler](diffusion, model, tuple(shape), noise, **kwargs)
