@@ -17,6 +17,7 @@ from functools import partial
 from prometheus_client import CollectorRegistry, start_http_server
 from redis import Redis
 
+from service.cli import REDIS_HINT, check_redis
 from service.jobs import JobStore
 from service.metrics import WorkerMetrics
 from service.settings import Settings, get_settings
@@ -54,9 +55,14 @@ def build_runtime(settings: Settings, connection: Redis, metrics: WorkerMetrics)
 
 
 def run(burst: bool = False, name: str | None = None) -> int:
-    """Run one worker until stopped; 0 on a clean stop, 1 when the model could not serve."""
+    """Run one worker until stopped: 0 on a clean stop, 1 when the model could not serve,
+    2 when Redis does not answer."""
     settings = get_settings()
     logging.basicConfig(level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    problem = check_redis(settings.redis_url)
+    if problem is not None:
+        log.error("no Redis answers at %s (%s); %s", settings.redis_url, problem, REDIS_HINT)
+        return 2
     connection = Redis.from_url(settings.redis_url, health_check_interval=30)
     registry = CollectorRegistry()
     metrics = WorkerMetrics(registry)

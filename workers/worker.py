@@ -210,6 +210,8 @@ class BatchingWorker(BaseWorker):
             for member, ours in zip(members, self.ownership.holds([m.job.id for m in members]), strict=True):
                 if ours:
                     self._fail(member, queue, exc_info, code)
+                else:
+                    self._abandon(member)
             return
         if self.metrics is not None:
             self.metrics.batch_size.observe(sum(r.n for r in requests))
@@ -229,7 +231,7 @@ class BatchingWorker(BaseWorker):
         expires_at = time.time() + self.settings.result_ttl_s
         for i, member in enumerate(members):
             if not held[i]:
-                log.warning("job %s was taken over by the reaper; dropping this run's result", member.job.id)
+                self._abandon(member)
             elif i in canceled.dropped:
                 self._finish_canceled(member)
             elif images[i] is None:
@@ -291,6 +293,13 @@ class BatchingWorker(BaseWorker):
         self.connection.expire(job.key, self.settings.record_ttl_s)
         self.ownership.release(job.id)
         self.report_final(job, JobStatus.CANCELED)
+
+    def _abandon(self, member: Member) -> None:
+        """The reaper took the job over (this worker stalled past its lease): record nothing."""
+        log.warning("job %s was taken over by the reaper; dropping this run's result", member.job.id)
+        if member.execution is not None:
+            self.executions.pop(member.execution.id, None)
+        self._set_running([m for m in self._snapshot_running() if m is not member])
 
     def _done(self, member: Member, status: JobStatus) -> None:
         self.ownership.release(member.job.id)
