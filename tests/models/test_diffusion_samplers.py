@@ -223,3 +223,20 @@ def test_clip_denoised_bounds_the_result() -> None:
     for sampler in ("ddpm", "ddim", "dpm++2m"):
         out = sample(sampler, spaced, lambda x, t: -3 * x, (4, 6), RowNoise(range(4)), clip_denoised=True)
         assert out.abs().max() <= 1.0  # the last step returns (or is the mean of) the clipped x̂_0
+
+
+@pytest.mark.parametrize("sampler", ["ddpm", "ddim", "dpm++2m"])
+@pytest.mark.parametrize("learn_sigma", [False, True])
+def test_one_step_returns_the_prediction_from_pure_noise(sampler: str, learn_sigma: bool) -> None:
+    """A one-step process keeps only t = T-1 and returns x̂_0 there, whatever the variance type."""
+    config = DiffusionConfig(learn_sigma=learn_sigma)
+    spaced = create_diffusion(config, 1)
+    assert list(spaced.timestep_map) == [999] and np.isfinite(spaced.posterior_log_variance_clipped).all()
+
+    def model(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        pred = torch.full_like(x, 0.25)  # x_0-style constant output via ε below
+        eps = (x - spaced.sqrt_alphas_cumprod[0] * pred) / spaced.sqrt_one_minus_alphas_cumprod[0]
+        return torch.cat([eps, torch.zeros_like(x)], 1) if learn_sigma else eps
+
+    out = sample(sampler, spaced, model, (2, 3), RowNoise([1, 2]), clip_denoised=False)
+    torch.testing.assert_close(out, torch.full((2, 3), 0.25), atol=2e-3, rtol=0)
