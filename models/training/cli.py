@@ -16,6 +16,8 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
+import torch
+
 from models.configs import STAGES, get_config
 from models.training.config import DEFAULT_TOTAL_MINUTES, get_train_config, stage_minutes
 
@@ -55,6 +57,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--data-dir", help="train on a folder of image + caption pairs instead of the shapes world"
     )
     parser.add_argument("--out", required=True, help="model directory (weights, checkpoints/, logs/)")
+    parser.add_argument(
+        "--threads",
+        type=int,
+        help="torch intra-op threads (default: torch's). On a CPU shared with other jobs, 1 is often "
+        "several times faster than 2 for these small networks (see models/training/RECIPE.md)",
+    )
     parser.add_argument("--no-progress", action="store_true", help="no progress bar (logs only)")
 
 
@@ -62,6 +70,8 @@ def run(args: argparse.Namespace) -> int:
     from models.training.runner import train_all, train_stage
     from models.training.stages import make_source
 
+    if args.threads:
+        torch.set_num_threads(args.threads)
     config = get_config(args.config)
     source = make_source(args.data_dir)
     stages = list(STAGES) if args.all else [args.stage]

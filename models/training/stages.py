@@ -31,7 +31,8 @@ from torch import nn
 from models.checkpoints import WeightsError, load_stage_into
 from models.clip import build_clip_model, encode_images, encode_text_tokens, get_tokenizer
 from models.configs import ModelConfig, StageName
-from models.factory import create_stage_diffusion, create_stage_module
+from models.data.source import torch_batch
+from models.factory import create_stage_diffusion, create_stage_module, stage_diffusion_config
 from models.training.config import TrainConfig
 from models.training.corruption import degrade_low_res, paired_random_crop
 from models.training.stream import ExampleStream
@@ -44,13 +45,6 @@ def make_source(data_dir: str | Path | None = None) -> Any:
     from models.data.source import FolderSource, ShapesSource
 
     return ShapesSource() if data_dir is None else FolderSource(Path(data_dir))
-
-
-def images_tensor(examples: list[Any], device: torch.device) -> tuple[torch.Tensor, list[str]]:
-    """``[N x 3 x H x W]`` float in [-1, 1] and the captions, from ``Example``\\ s (uint8 HxWx3)."""
-    pixels = np.stack([np.asarray(e.image, dtype=np.uint8) for e in examples])  # [N x H x W x 3]
-    images = torch.from_numpy(pixels).to(device).permute(0, 3, 1, 2).float() / 127.5 - 1  # [N x 3 x H x W]
-    return images.contiguous(), [e.caption for e in examples]
 
 
 def load_frozen_clip(out_dir: str | Path, config: ModelConfig, device: torch.device) -> nn.Module:
@@ -89,7 +83,8 @@ class _Task:
         )
 
     def examples(self, step: int) -> tuple[torch.Tensor, list[str]]:
-        return images_tensor(self.stream.batch(step), self.device)
+        images, captions = torch_batch(self.stream.batch(step))
+        return images.to(self.device), captions
 
     def after_step(self) -> None:
         pass
@@ -135,8 +130,13 @@ class _DiffusionTask(_Task):
         super().__init__(ctx, image_size)
         self.module = module if module is not None else create_stage_module(self.stage, ctx.config)
         self.diffusion = create_stage_diffusion(self.stage, ctx.config)
-        snr = _snr(self.diffusion)
-        self.snr = torch.as_tensor(snr, dtype=torch.float32, device=self.device)
+        self.snr_weight = _min_snr_weights(self.diffusion, self.prediction, ctx.train.min_snr_gamma).to(
+            self.device
+        )
+
+    @property
+    def prediction(self) -> str:
+        return stage_diffusion_config(self.stage, self.ctx.config).prediction
 
     def diffusion_loss(
         self, x_start: torch.Tensor, model_kwargs: dict[str, Any], generator: torch.Generator
@@ -148,19 +148,22 @@ class _DiffusionTask(_Task):
             self.module, x_start, t, model_kwargs=model_kwargs, noise=noise
         )
         loss = terms["loss"]  # [N]
-        metrics = {k: float(v.mean()) for k, v in terms.items() if k != "loss" and torch.is_tensor(v)}
-        if self.ctx.train.loss_weighting == "min_snr" and "mse" in terms:
-            # Hang et al. 2023 (Min-SNR): weight the simple term by min(SNR, gamma) / SNR for
-            # epsilon prediction; the variational term (learned sigma) is left as it is.
-            snr = self.snr[t]
-            weight = torch.minimum(snr, torch.full_like(snr, self.ctx.train.min_snr_gamma)) / snr
-            loss = loss - terms["mse"] + weight * terms["mse"]
+        metrics = {k: float(v.detach().mean()) for k, v in terms.items() if k != "loss"}
+        if self.ctx.train.loss_weighting == "min_snr":
+            # Min-SNR-gamma (Hang et al. 2023): reweight the simple term so every timestep counts
+            # as min(SNR, gamma) in x0 units; the variational term (learned sigma) is unchanged.
+            loss = loss - terms["mse"] + self.snr_weight[t] * terms["mse"]
         return loss.mean(), metrics
 
 
-def _snr(diffusion: Any) -> np.ndarray:
+def _min_snr_weights(diffusion: Any, prediction: str, gamma: float) -> torch.Tensor:
+    """[T] weights of the MSE on the predicted quantity equal to a min(SNR, gamma) x0-loss weight:
+    min(SNR, gamma) / SNR for epsilon, / (SNR + 1) for v, and min(SNR, gamma) for x0."""
     alphas_cumprod = np.asarray(diffusion.alphas_cumprod, dtype=np.float64)
-    return alphas_cumprod / np.maximum(1.0 - alphas_cumprod, 1e-20)
+    snr = alphas_cumprod / np.maximum(1.0 - alphas_cumprod, 1e-20)
+    clipped = np.minimum(snr, gamma)
+    weight = {"epsilon": clipped / snr, "v": clipped / (snr + 1.0), "x0": clipped}[prediction]
+    return torch.as_tensor(weight, dtype=torch.float32)
 
 
 class PriorTask(_DiffusionTask):

@@ -1,0 +1,116 @@
+"""One short CPU training run per stage on the real networks and data: the loss on a fixed held
+batch goes down; ``train --all`` writes a loadable model directory."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+import torch
+
+from models.checkpoints import read_manifest, save_weights
+from models.clip import build_clip_model
+from models.configs import ClipConfig, ModelConfig, PriorConfig, UNetConfig, UpsamplerConfig
+from models.data.source import ShapesSource
+from models.training.config import TrainConfig
+from models.training.loop import Trainer
+from models.training.runner import train_all
+from models.training.stages import StageContext, create_task
+
+# Small widths and sides so that every stage takes a few seconds on two cores.
+CLIP = ClipConfig(
+    name="unclip-test-train-clip",
+    embed_dim=32,
+    image_size=32,
+    vision_width=64,
+    vision_layers=1,
+    vision_patch_size=8,
+    vision_head_width=32,
+    context_length=16,
+    text_width=64,
+    text_heads=2,
+    text_layers=1,
+)
+UNET = UNetConfig(
+    image_size=32,
+    model_channels=16,
+    channel_mult=(1, 2),
+    attention_resolutions=(16,),
+    num_head_channels=16,
+    clip_embed_dim=32,
+    text_width=64,
+)
+SR_UNET = UNetConfig(
+    image_size=64, model_channels=8, channel_mult=(1, 2), attention_resolutions=(), low_res_channels=3
+)
+CONFIG = ModelConfig(
+    name="test-train",
+    clip=CLIP,
+    prior=PriorConfig(embed_dim=32, text_width=64, context_length=16, width=64, layers=2, heads=2),
+    decoder=replace(ModelConfig().decoder, unet=UNET),
+    sr256=UpsamplerConfig(low_res_size=16, unet=SR_UNET),
+    sr1024=replace(ModelConfig().sr1024, low_res_size=32, unet=replace(SR_UNET, image_size=128)),
+)
+RECIPE = TrainConfig(batch_size=8, steps=25, lr=2e-3, warmup_steps=5, ema_decay=0.9, log_every=25)
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():  # type: ignore[no-untyped-def]
+    """One intra-op thread: these small networks run several times faster so on a busy machine."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def clip_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A model directory holding a (random) CLIP, which the prior and the decoder condition on."""
+    out = tmp_path_factory.mktemp("model")
+    torch.manual_seed(0)
+    save_weights(out, CONFIG, {"clip": build_clip_model(CONFIG.clip)})
+    return out
+
+
+def held_loss(task, batch) -> float:  # type: ignore[no-untyped-def]
+    task.module.eval()
+    with torch.no_grad():
+        loss, _ = task.loss(batch, torch.Generator().manual_seed(123))
+    return float(loss)
+
+
+@pytest.mark.parametrize(
+    ("stage", "batch_size"), [("clip", 16), ("prior", 32), ("decoder", 8), ("sr256", 8), ("sr1024", 4)]
+)
+def test_short_run_lowers_held_loss(stage: str, batch_size: int, clip_dir: Path, tmp_path: Path) -> None:
+    recipe = replace(RECIPE, batch_size=batch_size)
+    ctx = StageContext(CONFIG, recipe, ShapesSource(), clip_dir, torch.device("cpu"))
+    torch.manual_seed(0)
+    task = create_task(stage, ctx)  # type: ignore[arg-type]
+    held = task.batch(10**7, torch.Generator().manual_seed(7))  # a step the run never reaches
+    before = held_loss(task, held)
+    result = Trainer(task, recipe, tmp_path, show_progress=False).run()
+    after = held_loss(task, held)
+    assert result.steps == recipe.steps
+    assert after < 0.9 * before, f"{stage}: held loss {before:.4f} -> {after:.4f}"
+
+
+def test_train_all_writes_a_model_directory(tmp_path: Path) -> None:
+    trains = {
+        s: replace(RECIPE, steps=2, batch_size=2) for s in ("clip", "prior", "decoder", "sr256", "sr1024")
+    }
+    results = train_all(CONFIG, trains, tmp_path, source=ShapesSource(), show_progress=False)  # type: ignore[arg-type]
+    assert [r.steps for r in results] == [2] * 5
+    manifest = read_manifest(tmp_path)
+    assert manifest.config == CONFIG and set(manifest.stages) == {
+        "clip",
+        "prior",
+        "decoder",
+        "sr256",
+        "sr1024",
+    }
+    assert manifest.notes is not None and '"decoder"' in manifest.notes
+    for stage in manifest.stages:
+        assert (tmp_path / f"{stage}.safetensors").stat().st_size <= 16 * 1024 * 1024
+        assert (tmp_path / "checkpoints" / f"{stage}.pt").is_file()
