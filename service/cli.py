@@ -13,6 +13,7 @@ import signal
 import subprocess
 import sys
 import tempfile
+import threading
 from collections.abc import Sequence
 from typing import Any
 
@@ -88,13 +89,22 @@ def run_serve(args: argparse.Namespace) -> int:
     # uvicorn re-raises the SIGTERM/SIGINT it caught once it has shut down; with the default
     # disposition that would kill this process before it stops the worker.
     signal.signal(signal.SIGTERM, lambda signum, frame: None)
+    threading.Thread(target=_watch, args=(worker,), daemon=True).start()
     try:
         uvicorn.run(create_app(settings), host=args.host, port=args.port)
     except KeyboardInterrupt:
         pass
     finally:
         _stop(worker)
-    return 0
+    return 0 if worker.returncode in (0, -signal.SIGTERM) else 1
+
+
+def _watch(worker: subprocess.Popen[bytes]) -> None:
+    """A worker that dies on its own (no model weights, say) takes the API down with it:
+    serving requests nobody will ever run would only hide the problem."""
+    code = worker.wait()
+    print(f"error: the worker exited with code {code} (its log is above); stopping the API", file=sys.stderr)
+    os.kill(os.getpid(), signal.SIGTERM)
 
 
 def _banner(url: str) -> str:

@@ -70,7 +70,11 @@ def run(burst: bool = False, name: str | None = None) -> int:
         start_http_server(settings.worker_metrics_port, registry=registry)
         log.info("worker metrics on :%d/metrics", settings.worker_metrics_port)
     runtime = build_runtime(settings, connection, metrics)
-    runtime.start()
+    try:
+        runtime.start()
+    except Exception as exc:
+        log.error("cannot load the model (UNCLIP_WEIGHTS=%s): %s", settings.weights or "<bundled>", exc)
+        return 1
     storage = LocalImageStorage(settings.storage_dir)
     worker = BatchingWorker(
         [JobStore(connection, settings).queue],
