@@ -11,6 +11,7 @@ from models.configs import STAGES, SamplingConfig
 
 DIFFUSION_STAGES = [s for s in STAGES if s != "clip"]
 SAMPLERS = ["ddpm", "ddim", "dpm++2m"]
+GUIDED_STAGES = ("prior", "decoder")  # the upsamplers have no unconditional branch to guide with
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -35,7 +36,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--sampler", choices=SAMPLERS, help="sampler for every stage")
     for stage in DIFFUSION_STAGES:
         p.add_argument(f"--steps-{stage}", type=int, help=f"sampling steps of the {stage} stage")
-        p.add_argument(f"--guidance-{stage}", type=float, help=f"guidance scale of the {stage} stage")
+        if stage in GUIDED_STAGES:
+            p.add_argument(f"--guidance-{stage}", type=float, help=f"guidance scale of the {stage} stage")
         p.add_argument(f"--sampler-{stage}", choices=SAMPLERS, help=f"sampler of the {stage} stage")
         p.add_argument(f"--eta-{stage}", type=float, help=f"DDIM eta of the {stage} stage")
     p.set_defaults(func=run)
