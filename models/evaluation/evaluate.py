@@ -221,7 +221,7 @@ def _reference_fid(pipeline: UnclipPipeline, rendered_emb: torch.Tensor, n: int,
     return frechet_distance(rendered_emb, embed_images(pipeline, [example.image for example in others]))
 
 
-@functools.lru_cache(maxsize=4)
+@functools.lru_cache(maxsize=2)  # the held-out set and the reference set at one size
 def _heldout(world_seed: int, n: int, size: int) -> tuple[Any, ...]:
     """The world's held-out examples, cached: a sweep evaluates the same set many times."""
     return tuple(ShapesWorld(world_seed).heldout(n, size))
