@@ -250,3 +250,8 @@ def test_expired_results_answer_result_expired(api: str, redis: Redis) -> None:
     assert (
         expired["status"] == "succeeded" and expired["images"] == [] and expired["expires_at"] < time.time()
     )
+
+
+def test_a_failing_webhook_never_fails_the_job(api: str) -> None:
+    job = submit(api, prompt="nobody listens", webhook=f"http://127.0.0.1:{free_port()}/hook")
+    assert wait_final(api, job["id"])["status"] == "succeeded"
