@@ -33,6 +33,7 @@ class TrainConfig:
     grad_clip: float | None = 1.0
     seed: int = 0
     log_every: int = 50
+    eval_every: int = 250  # steps between held-batch evaluations of the EMA weights (0: at the end only)
     checkpoint_every: int = 500  # steps
     checkpoint_minutes: float = 5.0  # also checkpoint at least this often
     # Diffusion stages: weighting of the simple (MSE) term over timesteps. "min_snr" is

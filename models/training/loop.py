@@ -250,6 +250,8 @@ class Trainer:
                 if self.step % self.cfg.log_every == 0 or self.done():
                     self._log(loss, smooth, rate, metrics)
                     window_start, window_examples = time.perf_counter(), 0
+                if self.cfg.eval_every and self.step % self.cfg.eval_every == 0 and not self.done():
+                    self._evaluate()
                 since_save = time.perf_counter() - last_save_time
                 if (
                     self.step - last_save_step >= self.cfg.checkpoint_every
@@ -259,7 +261,7 @@ class Trainer:
                     last_save_step, last_save_time = self.step, time.perf_counter()
         if self.step != last_save_step or not self.path.exists():
             self.save()
-        metrics_out = self._final_metrics()
+        metrics_out = self._evaluate()
         return TrainResult(
             stage=self.task.stage,
             steps=self.step,
@@ -274,7 +276,8 @@ class Trainer:
         """The EMA weights, as the module's state dict (what gets exported)."""
         return self.ema.averaged_state_dict(self.module)
 
-    def _final_metrics(self) -> dict[str, float]:
+    def _evaluate(self) -> dict[str, float]:
+        """The task's held-batch metrics of the EMA weights (logged; empty without ``evaluate``)."""
         if self.evaluate is None:
             return {}
         live = {k: v.clone() for k, v in self.module.state_dict().items()}
@@ -286,6 +289,9 @@ class Trainer:
         finally:
             self.module.load_state_dict(live)
         log.info("evaluated", stage=self.task.stage, step=self.step, **metrics)
+        self._append_log(
+            {"stage": self.task.stage, "step": self.step, "elapsed_s": round(self.elapsed, 1), **metrics}
+        )
         return metrics
 
     def _log(self, loss: float, smooth: float, rate: float, metrics: dict[str, float]) -> None:
@@ -300,6 +306,9 @@ class Trainer:
             **{k: round(v, 5) for k, v in metrics.items()},
         }
         log.info("train", **{k: v for k, v in record.items() if k != "stage"}, stage=self.task.stage)
+        self._append_log(record)
+
+    def _append_log(self, record: dict[str, Any]) -> None:
         log_file = self.out_dir / "logs" / f"{self.task.stage}.jsonl"
         log_file.parent.mkdir(parents=True, exist_ok=True)
         with log_file.open("a") as handle:

@@ -44,7 +44,9 @@ def train_stage(
     )
     torch.manual_seed(train.seed)  # the initial weights
     task = create_task(stage, ctx)
-    trainer = Trainer(task, train, out_dir, device=device, show_progress=show_progress)
+    trainer = Trainer(
+        task, train, out_dir, device=device, show_progress=show_progress, evaluate=task.evaluate
+    )
     result = trainer.run()
     if not result.interrupted:
         export_stage(out_dir, config, stage, trainer.averaged_state_dict(), notes=_notes(result, train))

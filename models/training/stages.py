@@ -38,6 +38,8 @@ from models.training.corruption import degrade_low_res, paired_random_crop
 from models.training.stream import ExampleStream
 
 MAX_LOGIT_SCALE = math.log(100.0)
+EVAL_EXAMPLES = 64  # the held batch each stage reports on (``evaluate``)
+EVAL_SEED = 1234
 
 
 def make_source(data_dir: str | Path | None = None) -> Any:
@@ -81,10 +83,30 @@ class _Task:
         self.stream = ExampleStream(
             ctx.source, image_size, ctx.train.batch_size, ctx.train.seed, self.stage, ctx.train.block_batches
         )
+        self._held: dict[str, torch.Tensor] | None = None
 
-    def examples(self, step: int) -> tuple[torch.Tensor, list[str]]:
+    def batch(self, step: int, generator: torch.Generator) -> dict[str, torch.Tensor]:
+        """The training batch of step ``step`` (data from the stream, randomness from ``generator``)."""
         images, captions = torch_batch(self.stream.batch(step))
-        return images.to(self.device), captions
+        return self.make_batch(images.to(self.device), captions, generator)
+
+    def make_batch(
+        self, images: torch.Tensor, captions: list[str], generator: torch.Generator
+    ) -> dict[str, torch.Tensor]:
+        raise NotImplementedError
+
+    def held_batch(self) -> dict[str, torch.Tensor]:
+        """A fixed batch of ``EVAL_EXAMPLES`` from a stream of its own (never trained on)."""
+        if self._held is None:
+            stream = ExampleStream(
+                self.ctx.source, self.stream.size, EVAL_EXAMPLES, self.ctx.train.seed, f"{self.stage}-eval"
+            )
+            images, captions = torch_batch(stream.batch(0))
+            with torch.no_grad():
+                self._held = self.make_batch(
+                    images.to(self.device), captions, torch.Generator().manual_seed(EVAL_SEED)
+                )
+        return self._held
 
     def after_step(self) -> None:
         pass
@@ -101,9 +123,29 @@ class ClipTask(_Task):
         self.tokenizer = get_tokenizer(ctx.config.clip)
         self.clip_loss = ClipLoss()
 
-    def batch(self, step: int, generator: torch.Generator) -> dict[str, torch.Tensor]:
-        images, captions = self.examples(step)
-        return {"images": images, "tokens": self.tokenizer(captions).to(self.device)}
+    def make_batch(
+        self, images: torch.Tensor, captions: list[str], generator: torch.Generator
+    ) -> dict[str, torch.Tensor]:
+        # Caption ids (equal captions share one) so that retrieval counts a duplicate as a hit.
+        ids = {caption: i for i, caption in enumerate(dict.fromkeys(captions))}
+        return {
+            "images": images,
+            "tokens": self.tokenizer(captions).to(self.device),
+            "caption_ids": torch.tensor([ids[c] for c in captions]),
+        }
+
+    @torch.no_grad()
+    def evaluate(self, module: nn.Module) -> dict[str, float]:
+        """Caption <-> image retrieval top-1 within the held batch, both ways."""
+        batch = self.held_batch()
+        image_features = encode_images(module, batch["images"])  # [N x D]
+        text_features = encode_text_tokens(module, batch["tokens"]).embedding  # [N x D]
+        logits = image_features @ text_features.T  # [N x N]
+        ids = batch["caption_ids"]
+        return {
+            "held_i2t": float((ids[logits.argmax(1)] == ids).float().mean()),
+            "held_t2i": float((ids[logits.argmax(0)] == ids).float().mean()),
+        }
 
     def loss(
         self, batch: dict[str, torch.Tensor], generator: torch.Generator
@@ -133,6 +175,42 @@ class _DiffusionTask(_Task):
         self.snr_weight = _min_snr_weights(self.diffusion, self.prediction, ctx.train.min_snr_gamma).to(
             self.device
         )
+
+    @torch.no_grad()
+    def evaluate(self, module: nn.Module) -> dict[str, float]:
+        """MSE of the held batch at evenly spread timesteps with fixed noise (``held_mse``), on
+        the noisier half (``held_mse_hi``, where layout and color are decided), and for the
+        conditioned stages how much the condition lowers the latter (``held_cond_gain_hi``:
+        the MSE with every condition dropped minus the MSE with all of them)."""
+        batch = dict(self.held_batch())
+        x_start = self.x_start(batch)
+        n, steps = x_start.shape[0], self.diffusion.num_timesteps
+        t = ((torch.arange(n) + 0.5) * steps / n).long().to(self.device)  # [N], spread over [0, T)
+        noise = torch.randn(x_start.shape, generator=torch.Generator().manual_seed(EVAL_SEED)).to(self.device)
+        hi = t >= steps // 2
+        flags = [k for k in ("drop_clip", "drop_text") if k in batch]
+
+        def mse(drop: bool) -> torch.Tensor:
+            kwargs = self.model_kwargs(batch)
+            kwargs.update({k: torch.full_like(batch[k], drop) for k in flags})
+            return self.diffusion.training_losses(module, x_start, t, model_kwargs=kwargs, noise=noise)["mse"]
+
+        cond = mse(False)
+        metrics = {"held_mse": float(cond.mean()), "held_mse_hi": float(cond[hi].mean())}
+        if flags:
+            metrics["held_cond_gain_hi"] = float(mse(True)[hi].mean() - cond[hi].mean())
+        return metrics
+
+    def x_start(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        return batch["x_start"]
+
+    def model_kwargs(self, batch: dict[str, torch.Tensor]) -> dict[str, Any]:
+        return {k: v for k, v in batch.items() if k != "x_start"}
+
+    def loss(
+        self, batch: dict[str, torch.Tensor], generator: torch.Generator
+    ) -> tuple[torch.Tensor, dict[str, float]]:
+        return self.diffusion_loss(self.x_start(batch), self.model_kwargs(batch), generator)
 
     @property
     def prediction(self) -> str:
@@ -178,8 +256,9 @@ class PriorTask(_DiffusionTask):
         self.scale = float(getattr(self.module, "embedding_scale", None) or _embedding_scale(ctx.config))
 
     @torch.no_grad()
-    def batch(self, step: int, generator: torch.Generator) -> dict[str, torch.Tensor]:
-        images, captions = self.examples(step)
+    def make_batch(
+        self, images: torch.Tensor, captions: list[str], generator: torch.Generator
+    ) -> dict[str, torch.Tensor]:
         text = encode_text_tokens(self.clip, self.tokenizer(captions).to(self.device))
         drop_text = torch.rand(len(captions), generator=generator) < self.ctx.config.prior.text_drop_prob
         return {
@@ -190,12 +269,11 @@ class PriorTask(_DiffusionTask):
             "drop_text": drop_text.to(self.device),  # [N]
         }
 
-    def loss(
-        self, batch: dict[str, torch.Tensor], generator: torch.Generator
-    ) -> tuple[torch.Tensor, dict[str, float]]:
-        x_start = batch["image_embed"] * self.scale  # [N x D], about unit variance per component
-        kwargs = {k: batch[k] for k in ("text_embed", "text_tokens", "text_mask", "drop_text")}
-        return self.diffusion_loss(x_start, kwargs, generator)
+    def x_start(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        return batch["image_embed"] * self.scale  # [N x D], about unit variance per component
+
+    def model_kwargs(self, batch: dict[str, torch.Tensor]) -> dict[str, Any]:
+        return {k: batch[k] for k in ("text_embed", "text_tokens", "text_mask", "drop_text")}
 
 
 def _embedding_scale(config: ModelConfig) -> float:
@@ -213,8 +291,9 @@ class DecoderTask(_DiffusionTask):
         self.tokenizer = get_tokenizer(ctx.config.clip)
 
     @torch.no_grad()
-    def batch(self, step: int, generator: torch.Generator) -> dict[str, torch.Tensor]:
-        images, captions = self.examples(step)
+    def make_batch(
+        self, images: torch.Tensor, captions: list[str], generator: torch.Generator
+    ) -> dict[str, torch.Tensor]:
         text = encode_text_tokens(self.clip, self.tokenizer(captions).to(self.device))
         n = len(captions)
         decoder = self.ctx.config.decoder
@@ -227,12 +306,6 @@ class DecoderTask(_DiffusionTask):
             "drop_text": (torch.rand(n, generator=generator) < decoder.text_drop_prob).to(self.device),
         }
 
-    def loss(
-        self, batch: dict[str, torch.Tensor], generator: torch.Generator
-    ) -> tuple[torch.Tensor, dict[str, float]]:
-        kwargs = {k: v for k, v in batch.items() if k != "x_start"}
-        return self.diffusion_loss(batch["x_start"], kwargs, generator)
-
 
 class UpsamplerTask(_DiffusionTask):
     """Crops of the target and of its downsampled, corrupted low-res input."""
@@ -243,8 +316,10 @@ class UpsamplerTask(_DiffusionTask):
         super().__init__(ctx, self.upsampler.unet.image_size, module)
 
     @torch.no_grad()
-    def batch(self, step: int, generator: torch.Generator) -> dict[str, torch.Tensor]:
-        target, _ = self.examples(step)  # [N x 3 x S x S]
+    def make_batch(
+        self, target: torch.Tensor, captions: list[str], generator: torch.Generator
+    ) -> dict[str, torch.Tensor]:
+        # target: [N x 3 x S x S]
         low_res = degrade_low_res(self.upsampler, target.cpu(), generator).to(self.device)  # [N x 3 x s x s]
         crop, low_crop = paired_random_crop(
             target, low_res, self.upsampler.crop_fraction, generator, self.ctx.train.crop_candidates
@@ -253,11 +328,6 @@ class UpsamplerTask(_DiffusionTask):
             "x_start": crop.contiguous(),
             "low_res": low_crop.contiguous(),
         }  # [N x 3 x S/4 ...], [N x 3 x s/4 ...]
-
-    def loss(
-        self, batch: dict[str, torch.Tensor], generator: torch.Generator
-    ) -> tuple[torch.Tensor, dict[str, float]]:
-        return self.diffusion_loss(batch["x_start"], {"low_res": batch["low_res"]}, generator)
 
 
 def create_task(stage: StageName, ctx: StageContext) -> _Task:
