@@ -12,6 +12,9 @@ from dataclasses import dataclass
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
+import open_clip
+
+from models.clip import open_clip_model_cfg
 from models.configs import STAGES, ModelConfig, SamplingConfig, StageName
 from models.factory import create_stage_module
 from models.pipeline import stages_for_size
@@ -50,10 +53,22 @@ def _forward_inputs(stage: StageName, config: ModelConfig) -> tuple[tuple, dict]
     return (torch.zeros(1, 3, side, side), one), {"low_res": torch.zeros(1, 3, up.low_res_size, up.low_res_size)}
 
 
+def _meta_module(stage: StageName, config: ModelConfig) -> torch.nn.Module:
+    if stage == "clip":
+        # open_clip's factory moves the model with .to(), which meta tensors refuse; build the
+        # class from the same architecture dict instead.
+        if config.clip.open_clip_name is not None:
+            architecture = open_clip.get_model_config(config.clip.open_clip_name)
+        else:
+            architecture = open_clip_model_cfg(config.clip)
+        return open_clip.CLIP(**architecture)
+    return create_stage_module(stage, config)
+
+
 def forward_flops(stage: StageName, config: ModelConfig) -> tuple[int, int]:
     """(parameters, FLOPs of one forward for one image); CLIP counts its text tower only."""
     with torch.device("meta"):
-        module = create_stage_module(stage, config)
+        module = _meta_module(stage, config)
         args, kwargs = _forward_inputs(stage, config)
         with FlopCounterMode(display=False) as counter:
             if stage == "clip":
