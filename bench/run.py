@@ -43,20 +43,31 @@ def cost_table(preset: str, size: int) -> list[dict]:
 
 def time_stages(weights: str, device: str, size: int, batch: int, repeats: int) -> dict:
     pipeline = load_pipeline(weights, device=device)
-    requests = [GenerationRequest(f"a small red circle in the center on a white background {k}", seed=k) for k in range(batch)]
+    requests = [
+        GenerationRequest(f"a small red circle in the center on a white background {k}", seed=k)
+        for k in range(batch)
+    ]
     pipeline.generate(requests[:1], 64)  # warm-up
     best: dict[str, float] = {}
     for _ in range(repeats):
         output = pipeline.generate(requests, size)
         for stage, seconds in output.timings.items():
             best[stage] = min(best.get(stage, float("inf")), seconds)
-    return {"size": size, "batch": batch, "seconds": best, "per_image": {s: v / batch for s, v in best.items()}}
+    return {
+        "size": size,
+        "batch": batch,
+        "seconds": best,
+        "per_image": {s: v / batch for s, v in best.items()},
+    }
 
 
 def markdown(rows: list[dict]) -> str:
     header = list(rows[0])
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    lines += ["| " + " | ".join(f"{row[h]:,}" if isinstance(row[h], int) else str(row[h]) for h in header) + " |" for row in rows]
+    lines += [
+        "| " + " | ".join(f"{row[h]:,}" if isinstance(row[h], int) else str(row[h]) for h in header) + " |"
+        for row in rows
+    ]
     return "\n".join(lines)
 
 
@@ -79,7 +90,10 @@ def main() -> None:
         print(f"timing size {size} ...", flush=True)
         timings.append(time_stages(weights, args.device, size, args.batch, args.repeats))
     results["timings"] = timings
-    rows = [{"size": t["size"], "batch": t["batch"], **{k: f"{v:.3f}" for k, v in t["per_image"].items()}} for t in timings]
+    rows = [
+        {"size": t["size"], "batch": t["batch"], **{k: f"{v:.3f}" for k, v in t["per_image"].items()}}
+        for t in timings
+    ]
     print(f"\n### seconds per image by stage ({results['machine']})\n\n{markdown(rows)}")
     out = Path(__file__).parent / "results" / f"{platform.node() or 'machine'}-{args.device}.json"
     out.parent.mkdir(exist_ok=True)

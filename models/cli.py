@@ -18,7 +18,9 @@ SUBCOMMAND_MODULES = (
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="unclip", description="unCLIP (DALL-E 2) text-to-image: models and service")
+    parser = argparse.ArgumentParser(
+        prog="unclip", description="unCLIP (DALL-E 2) text-to-image: models and service"
+    )
     subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name in SUBCOMMAND_MODULES:
         importlib.import_module(name).register(subparsers)

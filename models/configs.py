@@ -106,9 +106,7 @@ class UNetConfig:
 
 @dataclass(frozen=True)
 class DecoderConfig:
-    unet: UNetConfig = field(
-        default_factory=lambda: UNetConfig(clip_embed_dim=64, text_width=128)
-    )
+    unet: UNetConfig = field(default_factory=lambda: UNetConfig(clip_embed_dim=64, text_width=128))
     diffusion: DiffusionConfig = field(
         default_factory=lambda: DiffusionConfig(schedule="cosine", learn_sigma=True)
     )

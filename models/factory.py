@@ -51,6 +51,8 @@ def stage_diffusion_config(stage: StageName, config: ModelConfig) -> DiffusionCo
     raise ValueError(f"stage {stage!r} has no diffusion process")
 
 
-def create_stage_diffusion(stage: StageName, config: ModelConfig, steps: int | None = None) -> GaussianDiffusion:
+def create_stage_diffusion(
+    stage: StageName, config: ModelConfig, steps: int | None = None
+) -> GaussianDiffusion:
     """The stage's diffusion: the full training schedule, or respaced to ``steps`` for sampling."""
     return create_diffusion(stage_diffusion_config(stage, config), steps=steps)

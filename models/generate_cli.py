@@ -88,9 +88,13 @@ def run(args: argparse.Namespace) -> int:
                 Image.fromarray(image).save(args.out / f"{first + k:04d}_{j}.png")
         for stage, seconds in output.timings.items():
             totals[stage] += seconds
-        print(f"\rbatch {first // args.batch_size + 1}: {len(batch)} prompt(s) done" + " " * 30, file=sys.stderr)
+        print(
+            f"\rbatch {first // args.batch_size + 1}: {len(batch)} prompt(s) done" + " " * 30, file=sys.stderr
+        )
     images = len(prompts) * args.n
-    print(json.dumps({"images": images, "size": args.size, "out": str(args.out), "seconds": _rounded(totals)}))
+    print(
+        json.dumps({"images": images, "size": args.size, "out": str(args.out), "seconds": _rounded(totals)})
+    )
     for stage, seconds in totals.items():
         if seconds:
             print(f"{stage:>8}: {seconds:8.2f} s total, {seconds / images:7.3f} s/image", file=sys.stderr)

@@ -149,20 +149,26 @@ class UnclipPipeline:
 
     # -- construction -------------------------------------------------------------------------
     @classmethod
-    def from_weights(cls, directory: str | Path, device: str = "cpu", dtype: str = "float32") -> UnclipPipeline:
+    def from_weights(
+        cls, directory: str | Path, device: str = "cpu", dtype: str = "float32"
+    ) -> UnclipPipeline:
         """Our safetensors + manifest directory; hashes and shapes are checked on load."""
         directory = Path(directory)
         manifest = read_manifest(directory)
         modules: dict[StageName, nn.Module] = {}
         for stage in STAGES:
             module = create_stage_module(stage, manifest.config)
-            load_into(module, load_stage_state(directory, stage), file_label=str(directory / f"{stage}.safetensors"))
+            load_into(
+                module, load_stage_state(directory, stage), file_label=str(directory / f"{stage}.safetensors")
+            )
             modules[stage] = module
         digest = hashlib.sha256((directory / "manifest.json").read_bytes()).hexdigest()[:16]
         return cls(manifest.config, modules, model_id=f"weights-{digest}", device=device, dtype=dtype)
 
     @classmethod
-    def random(cls, config_name: str = "tiny", device: str = "cpu", dtype: str = "float32", seed: int = 0) -> UnclipPipeline:
+    def random(
+        cls, config_name: str = "tiny", device: str = "cpu", dtype: str = "float32", seed: int = 0
+    ) -> UnclipPipeline:
         """Random weights (seeded): runs the whole chain before any model is trained."""
         config = get_config(config_name)
         torch.manual_seed(seed)

@@ -9,10 +9,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import open_clip
 import torch
 from torch.utils.flop_counter import FlopCounterMode
-
-import open_clip
 
 from models.clip import open_clip_model_cfg
 from models.configs import STAGES, ModelConfig, SamplingConfig, StageName
@@ -46,11 +45,17 @@ def _forward_inputs(stage: StageName, config: ModelConfig) -> tuple[tuple, dict]
         return (torch.zeros(1, d), one), kwargs
     if stage == "decoder":
         side = config.decoder.unet.image_size
-        kwargs = {"clip_embed": torch.zeros(1, config.clip.embed_dim), "text_tokens": tokens, "text_mask": mask}
+        kwargs = {
+            "clip_embed": torch.zeros(1, config.clip.embed_dim),
+            "text_tokens": tokens,
+            "text_mask": mask,
+        }
         return (torch.zeros(1, 3, side, side), one), kwargs
     up = getattr(config, stage)
     side = up.unet.image_size
-    return (torch.zeros(1, 3, side, side), one), {"low_res": torch.zeros(1, 3, up.low_res_size, up.low_res_size)}
+    return (torch.zeros(1, 3, side, side), one), {
+        "low_res": torch.zeros(1, 3, up.low_res_size, up.low_res_size)
+    }
 
 
 def _meta_module(stage: StageName, config: ModelConfig) -> torch.nn.Module:
@@ -87,7 +92,9 @@ def evaluations_per_image(stage: StageName, config: ModelConfig, sampling: Sampl
     return settings.steps * guided * candidates
 
 
-def stage_costs(config: ModelConfig, size: int = 1024, sampling: SamplingConfig | None = None) -> list[StageCost]:
+def stage_costs(
+    config: ModelConfig, size: int = 1024, sampling: SamplingConfig | None = None
+) -> list[StageCost]:
     """The cost of each stage that an image of ``size`` needs, at ``sampling`` (default: the config's)."""
     sampling = sampling or config.sampling
     needed = ("clip", *stages_for_size(size))

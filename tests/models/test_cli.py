@@ -20,8 +20,21 @@ def unclip(*args: str) -> subprocess.CompletedProcess[str]:
 
 @pytest.mark.parametrize("size", [256, 1024])
 def test_generate_writes_pngs(tmp_path: Path, size: int) -> None:
-    result = unclip("generate", "a small red circle", "--n", "2", "--size", str(size), "--seed", "0",
-                    "--out", str(tmp_path), "--random-weights", "tiny", *FAST_STEPS)
+    result = unclip(
+        "generate",
+        "a small red circle",
+        "--n",
+        "2",
+        "--size",
+        str(size),
+        "--seed",
+        "0",
+        "--out",
+        str(tmp_path),
+        "--random-weights",
+        "tiny",
+        *FAST_STEPS,
+    )
     assert result.returncode == 0, result.stderr
     files = sorted(p.name for p in tmp_path.glob("*.png"))
     assert files == ["0000_0.png", "0000_1.png"]
@@ -36,8 +49,20 @@ def test_prompts_file_in_batches(tmp_path: Path) -> None:
     prompts = tmp_path / "prompts.txt"
     prompts.write_text("a red circle\n\na blue star\na green square\n")
     out = tmp_path / "out"
-    result = unclip("generate", "--prompts-file", str(prompts), "--size", "64", "--batch-size", "2",
-                    "--out", str(out), "--random-weights", "tiny", *FAST_STEPS)
+    result = unclip(
+        "generate",
+        "--prompts-file",
+        str(prompts),
+        "--size",
+        "64",
+        "--batch-size",
+        "2",
+        "--out",
+        str(out),
+        "--random-weights",
+        "tiny",
+        *FAST_STEPS,
+    )
     assert result.returncode == 0, result.stderr
     assert sorted(p.name for p in out.glob("*.png")) == ["0000_0.png", "0001_0.png", "0002_0.png"]
 

@@ -30,7 +30,12 @@ def test_stages_for_size() -> None:
 
 
 def test_row_seed_depends_on_every_part() -> None:
-    seeds = {row_seed(1, 0, "decoder"), row_seed(2, 0, "decoder"), row_seed(1, 1, "decoder"), row_seed(1, 0, "prior")}
+    seeds = {
+        row_seed(1, 0, "decoder"),
+        row_seed(2, 0, "decoder"),
+        row_seed(1, 1, "decoder"),
+        row_seed(1, 0, "prior"),
+    }
     assert len(seeds) == 4
     assert row_seed(1, 0, "decoder") == row_seed(1, 0, "decoder")
 
@@ -78,7 +83,11 @@ def test_canceled_request_is_dropped_and_others_unharmed(pipeline: UnclipPipelin
     reference = pipeline.generate(requests, 64, FAST)
     calls: list[tuple[str, int, int]] = []
     out = pipeline.generate(
-        requests, 64, FAST, progress=lambda *a: calls.append(a), canceled=lambda: {0} if len(calls) > 2 else set()
+        requests,
+        64,
+        FAST,
+        progress=lambda *a: calls.append(a),
+        canceled=lambda: {0} if len(calls) > 2 else set(),
     )
     assert out.images[0] is None
     assert out.images[1] is not None and reference.images[1] is not None
@@ -89,7 +98,11 @@ def test_canceled_request_is_dropped_and_others_unharmed(pipeline: UnclipPipelin
 def test_all_canceled_stops_early(pipeline: UnclipPipeline) -> None:
     calls: list[tuple[str, int, int]] = []
     out = pipeline.generate(
-        [GenerationRequest("a red circle")], 256, FAST, progress=lambda *a: calls.append(a), canceled=lambda: {0}
+        [GenerationRequest("a red circle")],
+        256,
+        FAST,
+        progress=lambda *a: calls.append(a),
+        canceled=lambda: {0},
     )
     assert out.images == [None]
     assert all(stage != "sr256" for stage, _, _ in calls)
