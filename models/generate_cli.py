@@ -5,15 +5,13 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from dataclasses import replace
 from pathlib import Path
 
 from PIL import Image
 
-from models.configs import STAGES, SamplingConfig
+from models.configs import STAGES
 from models.pipeline import DTYPES, SIZES, GenerationRequest, UnclipPipeline, load_pipeline
-
-DIFFUSION_STAGES = [s for s in STAGES if s != "clip"]
+from models.sampling_args import add_sampling_arguments, sampling_from_args
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -29,28 +27,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--device", default="cpu", help="cpu or cuda")
     p.add_argument("--dtype", default="float32", choices=sorted(DTYPES))
     p.add_argument("--batch-size", type=int, default=8, help="prompts sampled together")
-    p.add_argument("--sampler", choices=["ddpm", "ddim", "dpm++2m"], help="sampler for every stage")
-    for stage in DIFFUSION_STAGES:
-        p.add_argument(f"--steps-{stage}", type=int, help=f"sampling steps of the {stage} stage")
-        p.add_argument(f"--guidance-{stage}", type=float, help=f"guidance scale of the {stage} stage")
+    add_sampling_arguments(p)
     p.set_defaults(func=run)
-
-
-def sampling_from_args(args: argparse.Namespace, defaults: SamplingConfig) -> SamplingConfig:
-    """The model's default sampling settings with the command line's overrides applied."""
-    stages = {}
-    for stage in DIFFUSION_STAGES:
-        settings = defaults.for_stage(stage)
-        steps = getattr(args, f"steps_{stage}", None)
-        guidance = getattr(args, f"guidance_{stage}", None)
-        if steps is not None:
-            settings = replace(settings, steps=steps)
-        if guidance is not None:
-            settings = replace(settings, guidance=guidance)
-        if getattr(args, "sampler", None):
-            settings = replace(settings, sampler=args.sampler)
-        stages[stage] = settings
-    return SamplingConfig(**stages)
 
 
 def read_prompts(args: argparse.Namespace) -> list[str]:

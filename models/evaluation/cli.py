@@ -4,14 +4,9 @@ from __future__ import annotations
 
 import argparse
 import sys
-from dataclasses import replace
 from pathlib import Path
 
-from models.configs import STAGES, SamplingConfig
-
-DIFFUSION_STAGES = [s for s in STAGES if s != "clip"]
-SAMPLERS = ["ddpm", "ddim", "dpm++2m"]
-GUIDED_STAGES = ("prior", "decoder")  # the upsamplers have no unconditional branch to guide with
+from models.sampling_args import add_sampling_arguments, sampling_from_args
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -33,29 +28,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--out", type=Path, default=Path("out/evaluate"), help="writes grid.png, report.json, report.md"
     )
     p.add_argument("--quiet", action="store_true", help="no progress bar")
-    p.add_argument("--sampler", choices=SAMPLERS, help="sampler for every stage")
-    for stage in DIFFUSION_STAGES:
-        p.add_argument(f"--steps-{stage}", type=int, help=f"sampling steps of the {stage} stage")
-        if stage in GUIDED_STAGES:
-            p.add_argument(f"--guidance-{stage}", type=float, help=f"guidance scale of the {stage} stage")
-        p.add_argument(f"--sampler-{stage}", choices=SAMPLERS, help=f"sampler of the {stage} stage")
-        p.add_argument(f"--eta-{stage}", type=float, help=f"DDIM eta of the {stage} stage")
+    add_sampling_arguments(p)
     p.set_defaults(func=run)
-
-
-def sampling_from_args(args: argparse.Namespace, defaults: SamplingConfig) -> SamplingConfig:
-    """The model's defaults with the command line's overrides (a per-stage sampler beats --sampler)."""
-    stages = {}
-    for stage in DIFFUSION_STAGES:
-        settings = defaults.for_stage(stage)
-        overrides = {
-            "steps": getattr(args, f"steps_{stage}", None),
-            "guidance": getattr(args, f"guidance_{stage}", None),
-            "sampler": getattr(args, f"sampler_{stage}", None) or getattr(args, "sampler", None),
-            "eta": getattr(args, f"eta_{stage}", None),
-        }
-        stages[stage] = replace(settings, **{k: v for k, v in overrides.items() if v is not None})
-    return SamplingConfig(**stages)
 
 
 def run(args: argparse.Namespace) -> int:
