@@ -158,11 +158,16 @@ def test_jobs_queued_behind_a_busy_worker_share_batches(api: str, worker: Worker
 
 
 def test_cancel_a_running_batch_member(api: str, settings: Settings, redis: Redis) -> None:
+    # Queue both behind a blocker (other settings, so its own batch) so that the worker takes
+    # them together however slow the machine is.
+    blocker = submit(api, prompt="keep the worker busy", **steps(6))
+    wait_for(lambda: read(api, blocker["id"])["status"] == "running", 30, what="the blocker to start")
     victim = submit(api, prompt="cancel me", **steps(12))
     survivor = submit(api, prompt="let me finish", **steps(12))
+    assert read(api, blocker["id"])["status"] == "running"  # both were queued behind it
     wait_for(
         lambda: (read(api, victim["id"]).get("progress") or {}).get("fraction", 0) > 0.05,
-        30,
+        60,
         what="the batch to make progress",
     )
     response = httpx.delete(f"{api}/jobs/{victim['id']}", timeout=10)
