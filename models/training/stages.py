@@ -172,16 +172,19 @@ class _DiffusionTask(_Task):
         super().__init__(ctx, image_size)
         self.module = module if module is not None else create_stage_module(self.stage, ctx.config)
         self.diffusion = create_stage_diffusion(self.stage, ctx.config)
-        self.snr_weight = _min_snr_weights(self.diffusion, self.prediction, ctx.train.min_snr_gamma).to(
-            self.device
-        )
+        snr = _snr(self.diffusion)
+        self.snr_weight = _min_snr_weights(snr, self.prediction, ctx.train.min_snr_gamma).to(self.device)
+        self.x0_factor = _x0_error_factor(snr, self.prediction).to(self.device)
 
     @torch.no_grad()
     def evaluate(self, module: nn.Module) -> dict[str, float]:
-        """MSE of the held batch at evenly spread timesteps with fixed noise (``held_mse``), on
-        the noisier half (``held_mse_hi``, where layout and color are decided), and for the
-        conditioned stages how much the condition lowers the latter (``held_cond_gain_hi``:
-        the MSE with every condition dropped minus the MSE with all of them)."""
+        """Held-batch errors at evenly spread timesteps with fixed noise.
+
+        ``held_mse``: the training MSE (on the predicted quantity) over all timesteps;
+        ``held_x0_mse_hi``: the implied error of x0 over the noisier half (t >= T/2), where
+        layout and color are decided; for conditioned stages ``held_cond_gain_hi``: the fraction
+        of that error the conditions remove (1 - conditioned / everything dropped).
+        """
         batch = dict(self.held_batch())
         x_start = self.x_start(batch)
         n, steps = x_start.shape[0], self.diffusion.num_timesteps
@@ -195,10 +198,12 @@ class _DiffusionTask(_Task):
             kwargs.update({k: torch.full_like(batch[k], drop) for k in flags})
             return self.diffusion.training_losses(module, x_start, t, model_kwargs=kwargs, noise=noise)["mse"]
 
-        cond = mse(False)
-        metrics = {"held_mse": float(cond.mean()), "held_mse_hi": float(cond[hi].mean())}
+        cond = mse(False)  # [N]
+        x0_cond = (cond * self.x0_factor[t])[hi].mean()
+        metrics = {"held_mse": float(cond.mean()), "held_x0_mse_hi": float(x0_cond)}
         if flags:
-            metrics["held_cond_gain_hi"] = float(mse(True)[hi].mean() - cond[hi].mean())
+            x0_uncond = (mse(True) * self.x0_factor[t])[hi].mean()
+            metrics["held_cond_gain_hi"] = float(1 - x0_cond / x0_uncond)
         return metrics
 
     def x_start(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
@@ -234,14 +239,23 @@ class _DiffusionTask(_Task):
         return loss.mean(), metrics
 
 
-def _min_snr_weights(diffusion: Any, prediction: str, gamma: float) -> torch.Tensor:
+def _snr(diffusion: Any) -> np.ndarray:
+    """[T] signal-to-noise ratio alpha_bar / (1 - alpha_bar) of each timestep."""
+    alphas_cumprod = np.asarray(diffusion.alphas_cumprod, dtype=np.float64)
+    return alphas_cumprod / np.maximum(1.0 - alphas_cumprod, 1e-20)
+
+
+def _x0_error_factor(snr: np.ndarray, prediction: str) -> torch.Tensor:
+    """[T] factor turning the squared error of the predicted quantity into that of x0:
+    1 / SNR for epsilon, 1 / (SNR + 1) for v, 1 for x0."""
+    factor = {"epsilon": 1.0 / snr, "v": 1.0 / (snr + 1.0), "x0": np.ones_like(snr)}[prediction]
+    return torch.as_tensor(factor, dtype=torch.float32)
+
+
+def _min_snr_weights(snr: np.ndarray, prediction: str, gamma: float) -> torch.Tensor:
     """[T] weights of the MSE on the predicted quantity equal to a min(SNR, gamma) x0-loss weight:
     min(SNR, gamma) / SNR for epsilon, / (SNR + 1) for v, and min(SNR, gamma) for x0."""
-    alphas_cumprod = np.asarray(diffusion.alphas_cumprod, dtype=np.float64)
-    snr = alphas_cumprod / np.maximum(1.0 - alphas_cumprod, 1e-20)
-    clipped = np.minimum(snr, gamma)
-    weight = {"epsilon": clipped / snr, "v": clipped / (snr + 1.0), "x0": clipped}[prediction]
-    return torch.as_tensor(weight, dtype=torch.float32)
+    return _x0_error_factor(snr, prediction) * torch.as_tensor(np.minimum(snr, gamma), dtype=torch.float32)
 
 
 class PriorTask(_DiffusionTask):
