@@ -55,7 +55,9 @@ def _tiny() -> dict[StageName, TrainConfig]:
         "prior": TrainConfig(
             batch_size=128, lr=5e-4, betas=(0.9, 0.96), weight_decay=6e-2, warmup_steps=100, ema_decay=0.999
         ),
-        "decoder": TrainConfig(batch_size=32, lr=1e-3, warmup_steps=200, ema_decay=0.999),
+        "decoder": TrainConfig(
+            batch_size=16, lr=1e-3, warmup_steps=100, ema_decay=0.999, loss_weighting="min_snr"
+        ),
         "sr256": TrainConfig(batch_size=16, lr=1e-3, warmup_steps=100, ema_decay=0.995, crop_candidates=4),
         "sr1024": TrainConfig(batch_size=4, lr=1e-3, warmup_steps=50, ema_decay=0.99, crop_candidates=4),
     }
@@ -81,11 +83,11 @@ TRAIN_PRESETS = {"tiny": _tiny, "paper": _paper}
 # The share of a ``train --all --minutes M`` budget each stage gets (tiny, 2 CPU cores): the
 # decoder decides color, shape, size and position; CLIP must separate them for the decoder.
 STAGE_SHARE: dict[StageName, float] = {
-    "clip": 0.15,
-    "prior": 0.08,
-    "decoder": 0.55,
-    "sr256": 0.16,
-    "sr1024": 0.06,
+    "clip": 0.125,  # 15 of 120 min
+    "prior": 0.065,  # 8
+    "decoder": 0.585,  # 70
+    "sr256": 0.165,  # 20
+    "sr1024": 0.06,  # 7
 }
 DEFAULT_TOTAL_MINUTES = 120.0
 

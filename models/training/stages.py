@@ -174,36 +174,37 @@ class _DiffusionTask(_Task):
         self.diffusion = create_stage_diffusion(self.stage, ctx.config)
         snr = _snr(self.diffusion)
         self.snr_weight = _min_snr_weights(snr, self.prediction, ctx.train.min_snr_gamma).to(self.device)
-        self.x0_factor = _x0_error_factor(snr, self.prediction).to(self.device)
 
     @torch.no_grad()
     def evaluate(self, module: nn.Module) -> dict[str, float]:
-        """Held-batch errors at evenly spread timesteps with fixed noise.
+        """Errors of the predicted x0 on the held batch, at evenly spread timesteps with fixed noise
+        (images clamped to [-1, 1] as in sampling).
 
-        ``held_mse``: the training MSE (on the predicted quantity) over all timesteps;
-        ``held_x0_mse_hi``: the implied error of x0 over the noisier half (t >= T/2), where
-        layout and color are decided; for conditioned stages ``held_cond_gain_hi``: the fraction
-        of that error the conditions remove (1 - conditioned / everything dropped).
+        ``held_x0_mse``: over all timesteps; ``held_x0_mse_hi``: over the noisier half (t >= T/2),
+        where layout and color are decided; for conditioned stages ``held_cond_gain_hi``: the
+        fraction of that error the conditions remove (1 - conditioned / everything dropped).
         """
         batch = dict(self.held_batch())
         x_start = self.x_start(batch)
         n, steps = x_start.shape[0], self.diffusion.num_timesteps
         t = ((torch.arange(n) + 0.5) * steps / n).long().to(self.device)  # [N], spread over [0, T)
         noise = torch.randn(x_start.shape, generator=torch.Generator().manual_seed(EVAL_SEED)).to(self.device)
+        x_t = self.diffusion.q_sample(x_start, t, noise)
         hi = t >= steps // 2
         flags = [k for k in ("drop_clip", "drop_text") if k in batch]
 
-        def mse(drop: bool) -> torch.Tensor:
+        def x0_error(drop: bool) -> torch.Tensor:  # [N]
             kwargs = self.model_kwargs(batch)
             kwargs.update({k: torch.full_like(batch[k], drop) for k in flags})
-            return self.diffusion.training_losses(module, x_start, t, model_kwargs=kwargs, noise=noise)["mse"]
+            out = self.diffusion.p_mean_variance(
+                module, x_t, t, clip_denoised=x_start.ndim == 4, model_kwargs=kwargs
+            )
+            return (out["pred_xstart"] - x_start).pow(2).flatten(1).mean(1)
 
-        cond = mse(False)  # [N]
-        x0_cond = (cond * self.x0_factor[t])[hi].mean()
-        metrics = {"held_mse": float(cond.mean()), "held_x0_mse_hi": float(x0_cond)}
+        cond = x0_error(False)
+        metrics = {"held_x0_mse": float(cond.mean()), "held_x0_mse_hi": float(cond[hi].mean())}
         if flags:
-            x0_uncond = (mse(True) * self.x0_factor[t])[hi].mean()
-            metrics["held_cond_gain_hi"] = float(1 - x0_cond / x0_uncond)
+            metrics["held_cond_gain_hi"] = float(1 - cond[hi].mean() / x0_error(True)[hi].mean())
         return metrics
 
     def x_start(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
