@@ -114,3 +114,21 @@ def test_train_all_writes_a_model_directory(tmp_path: Path) -> None:
     for stage in manifest.stages:
         assert (tmp_path / f"{stage}.safetensors").stat().st_size <= 16 * 1024 * 1024
         assert (tmp_path / "checkpoints" / f"{stage}.pt").is_file()
+
+
+def test_cli_trains_clip_on_a_folder_and_resumes(tmp_path: Path) -> None:
+    from PIL import Image
+
+    from models.training.cli import main
+
+    data = tmp_path / "data"
+    data.mkdir()
+    for i, color in enumerate(["red", "green", "blue"]):
+        Image.new("RGB", (40, 30), color).save(data / f"{i}.png")
+        (data / f"{i}.txt").write_text(f"a {color} picture")
+    out = tmp_path / "model"
+    args = ["--stage", "clip", "--steps", "2", "--batch-size", "4", "--threads", "1", "--no-progress"]
+    assert main([*args, "--data-dir", str(data), "--out", str(out)]) == 0
+    assert main([*args, "--steps", "3", "--data-dir", str(data), "--out", str(out)]) == 0  # resumes at 2
+    assert torch.load(out / "checkpoints" / "clip.pt", weights_only=False)["step"] == 3
+    assert set(read_manifest(out).stages) == {"clip"}
