@@ -90,8 +90,9 @@ def main() -> None:
         print(f"timing size {size} ...", flush=True)
         timings.append(time_stages(weights, args.device, size, args.batch, args.repeats))
     results["timings"] = timings
+    stages = ["clip", "prior", "decoder", "sr256", "sr1024"]  # every row gets every column
     rows = [
-        {"size": t["size"], "batch": t["batch"], **{k: f"{v:.3f}" for k, v in t["per_image"].items()}}
+        {"size": t["size"], "batch": t["batch"], **{s: f"{t['per_image'].get(s, 0.0):.3f}" for s in stages}}
         for t in timings
     ]
     print(f"\n### seconds per image by stage ({results['machine']})\n\n{markdown(rows)}")
