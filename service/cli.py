@@ -112,9 +112,9 @@ def _banner(url: str) -> str:
         f"unCLIP service on {url}  (API docs: {url}/docs; the worker is loading the model)\n"
         f"try:\n"
         f"  curl -s -X POST {url}/generate -H 'Content-Type: application/json' \\\n"
-        f'       -d \'{{"prompt": "a watercolor fox in the snow", "n": 1, "size": "256x256"}}\'\n'
+        f'       -d \'{{"prompt": "a large red circle in the center on a white background", "n": 1, "size": "256x256"}}\'\n'
         f"  curl -s {url}/jobs/<id>            # poll until status is succeeded\n"
-        f"  curl -s -o fox.png {url}/jobs/<id>/images/0.png"
+        f"  curl -s -o circle.png {url}/jobs/<id>/images/0.png"
     )
 
 
