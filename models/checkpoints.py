@@ -98,7 +98,7 @@ def save_weights(
         "notes": notes,
     }
     path = directory / MANIFEST_NAME
-    with _atomic_path(path) as tmp:
+    with atomic_path(path) as tmp:
         tmp.write_text(json.dumps(manifest, indent=2) + "\n")
     return path
 
@@ -138,7 +138,7 @@ def _state_for_saving(
 
 def _save_stage(directory: Path, stage: str, state: dict[str, torch.Tensor]) -> dict[str, Any]:
     path = directory / f"{stage}.safetensors"
-    with _atomic_path(path) as tmp:
+    with atomic_path(path) as tmp:
         safetensors.torch.save_file(state, str(tmp), metadata={"stage": stage, "format_version": "1"})
         digest = sha256_file(tmp)
     return {
@@ -159,7 +159,7 @@ def _dtype_name(state: Mapping[str, torch.Tensor]) -> str:
 
 
 @contextlib.contextmanager
-def _atomic_path(path: Path) -> Iterator[Path]:
+def atomic_path(path: Path) -> Iterator[Path]:
     """Yield a temporary path next to ``path``; on success fsync it and move it into place."""
     fd, name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     os.close(fd)
