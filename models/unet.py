@@ -220,9 +220,14 @@ class UNetModel(nn.Module):
                 self.context_dim,
                 config.clip_context_tokens,
             )
-        self.attention_ds = {config.image_size // res for res in config.attention_resolutions}
-        in_ch = config.in_channels + config.low_res_channels
+        patch = config.patch_size
+        grid = config.image_size // patch  # side of the first level's feature map
+        self.attention_ds = {grid // res for res in config.attention_resolutions}
+        in_ch = (config.in_channels + config.low_res_channels) * patch * patch
         self.input_blocks = nn.ModuleList([TimestepEmbedSequential(nn.Conv2d(in_ch, ch, 3, padding=1))])
+        self.position: nn.Parameter | None = None
+        if config.position_embedding:
+            self.position = nn.Parameter(torch.zeros(1, ch, grid, grid))
         skip_chans = self._build_down(ch, [ch])
         ch = skip_chans[-1]
         mid: list[nn.Module] = [self._res(ch, ch)]
@@ -233,7 +238,9 @@ class UNetModel(nn.Module):
         self.output_blocks = nn.ModuleList()
         ch = self._build_up(ch, skip_chans)
         self.out = nn.Sequential(
-            normalization(ch), nn.SiLU(), zero_module(nn.Conv2d(ch, self.out_channels, 3, padding=1))
+            normalization(ch),
+            nn.SiLU(),
+            zero_module(nn.Conv2d(ch, self.out_channels * patch * patch, 3, padding=1)),
         )
 
     # -- construction -----------------------------------------------------------------------------
@@ -322,11 +329,16 @@ class UNetModel(nn.Module):
             emb = emb + time_add.to(emb.dtype)  # [N x E]
         elif clip_embed is not None or text_tokens is not None:
             raise ValueError("this UNet has no CLIP/text conditioning (config.clip_embed_dim is None)")
-        h, skips = x, []
-        for block in self.input_blocks:
-            h = block(h, emb, context, context_mask)  # [N x ch x H/ds x W/ds]
+        patch = self.config.patch_size
+        h = F.pixel_unshuffle(x, patch) if patch > 1 else x  # [N x C*p*p x H/p x W/p]
+        skips = []
+        for i, block in enumerate(self.input_blocks):
+            h = block(h, emb, context, context_mask)  # [N x ch x H/(p*ds) x W/(p*ds)]
+            if i == 0 and self.position is not None:
+                h = h + self.position.to(h.dtype)
             skips.append(h)
         h = self.middle_block(h, emb, context, context_mask)
         for block in self.output_blocks:
             h = block(torch.cat([h, skips.pop()], dim=1), emb, context, context_mask)
-        return self.out(h)  # [N x out x H x W]
+        out = self.out(h)  # [N x out*p*p x H/p x W/p]
+        return F.pixel_shuffle(out, patch) if patch > 1 else out  # [N x out x H x W]

@@ -31,6 +31,17 @@ def register(subparsers: Any) -> None:
     )
     add_arguments(parser)
     parser.set_defaults(func=run)
+    assemble = subparsers.add_parser(
+        "assemble",
+        help="combine stages trained in separate directories into one model directory",
+        description="Copy the stages of several model directories (later ones win) into --out, "
+        "checking that each fits the config. Lets independent stages train side by side.",
+    )
+    assemble.add_argument("sources", nargs="+", help="model directories to take stages from")
+    assemble.add_argument("--config", default="tiny", help="model preset (default: tiny)")
+    assemble.add_argument("--stages", nargs="+", choices=STAGES, help="only these stages")
+    assemble.add_argument("--out", required=True, help="the model directory to write")
+    assemble.set_defaults(func=run_assemble)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -96,6 +107,20 @@ def run(args: argparse.Namespace) -> int:
     return 130 if any(r.interrupted for r in results) else 0
 
 
+def run_assemble(args: argparse.Namespace) -> int:
+    from models.checkpoints import WeightsError
+    from models.training.assemble import assemble
+
+    try:
+        taken = assemble(args.out, get_config(args.config), args.sources, args.stages)
+    except (WeightsError, KeyError) as error:
+        print(f"unclip assemble: {error}", file=sys.stderr)
+        return 2
+    for stage, source in taken.items():
+        print(f"{stage}: {source}")
+    return 0
+
+
 def _minutes_per_stage(args: argparse.Namespace, stages: list[str]) -> dict[str, float | None]:
     if args.steps is not None:
         return dict.fromkeys(stages)
@@ -103,7 +128,7 @@ def _minutes_per_stage(args: argparse.Namespace, stages: list[str]) -> dict[str,
         return dict(stage_minutes(args.minutes or DEFAULT_TOTAL_MINUTES))
     if args.minutes is not None:
         return {stages[0]: args.minutes}
-    # One stage with no budget given: its share of the default two hours.
+    # One stage with no budget given: its share of the default budget.
     return {stages[0]: stage_minutes(DEFAULT_TOTAL_MINUTES)[stages[0]]}
 
 

@@ -337,3 +337,64 @@ def test_paper_configs_build_on_meta_device() -> None:
 def test_bad_head_split_is_refused() -> None:
     with pytest.raises(ValueError, match="heads"):
         UNetModel(UNetConfig(model_channels=40, channel_mult=(1, 2), attention_resolutions=(64,)))
+
+
+# -- the tiny preset's space-to-depth stem and position embedding ---------------------------------
+def test_patch_stem_runs_the_first_level_at_half_side_and_returns_full_size() -> None:
+    tiny = get_config("tiny")
+    assert tiny.decoder.unet.patch_size == 2 and tiny.decoder.unet.position_embedding
+    torch.manual_seed(0)
+    model = _randomize_zeros(UNetModel(tiny.decoder.unet, learn_sigma=True)).eval()
+    stem = model.input_blocks[0][0]
+    assert isinstance(stem, nn.Conv2d) and stem.in_channels == 3 * 4  # 2x2 patches of RGB
+    assert model.position is not None and model.position.shape[-2:] == (32, 32)
+    with torch.no_grad():
+        out = model(**_decoder_inputs(side=64))
+    assert out.shape == (2, 6, 64, 64)
+
+
+def test_patch_stem_keeps_pixels_in_place() -> None:
+    """The output unfold is the exact inverse of the input fold: a network that passes its input
+    through (identity stem and head, no blocks) returns the image unchanged."""
+    config = UNetConfig(
+        image_size=8, model_channels=12, channel_mult=(1,), attention_resolutions=(), patch_size=2
+    )
+    model = UNetModel(config)
+    x = torch.randn(1, 3, 8, 8)
+    folded = nn.functional.pixel_unshuffle(x, 2)
+    assert folded.shape == (1, 12, 4, 4)
+    assert torch.equal(nn.functional.pixel_shuffle(folded, 2), x)
+    assert model(x, torch.tensor([1])).shape == x.shape
+
+
+def test_position_embedding_is_added_after_the_stem() -> None:
+    """The learned embedding reaches the output (zero-initialised, so a fresh network is
+    unchanged by it), and it is a parameter the optimizer trains."""
+    tiny = get_config("tiny")
+    torch.manual_seed(0)
+    model = _randomize_zeros(UNetModel(tiny.decoder.unet)).eval()
+    assert model.position is not None and model.position.requires_grad
+    inputs = _decoder_inputs(side=64)
+    with torch.no_grad():
+        model.position.zero_()
+        plain = model(**inputs)
+        model.position.normal_()
+        placed = model(**inputs)
+    assert (placed - plain).abs().mean() > 1e-3
+
+
+@pytest.mark.parametrize("stage", ["decoder", "sr256"])
+def test_tiny_patch_networks_train(stage: str) -> None:
+    tiny = get_config("tiny")
+    torch.manual_seed(0)
+    if stage == "decoder":
+        model: nn.Module = UNetModel(tiny.decoder.unet)
+        inputs = _decoder_inputs(n=2, side=64)
+        target = torch.randn(2, 3, 64, 64, generator=torch.Generator().manual_seed(1))
+        _train_steps(model, lambda: model(**inputs), target, steps=3)
+    else:
+        model = SuperResUNet(tiny.sr256.unet)
+        gen = torch.Generator().manual_seed(1)
+        x, low = torch.randn(2, 3, 32, 32, generator=gen), torch.randn(2, 3, 8, 8, generator=gen)
+        target = torch.randn(2, 3, 32, 32, generator=gen)
+        _train_steps(model, lambda: model(x, torch.tensor([3, 900]), low_res=low), target, steps=3)

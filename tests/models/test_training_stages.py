@@ -3,15 +3,24 @@ batch goes down; ``train --all`` writes a loadable model directory."""
 
 from __future__ import annotations
 
+import json
 from dataclasses import replace
 from pathlib import Path
 
 import pytest
 import torch
 
-from models.checkpoints import read_manifest, save_weights
+from models.checkpoints import WeightsError, load_stage_state, read_manifest, save_weights
 from models.clip import build_clip_model
-from models.configs import ClipConfig, ModelConfig, PriorConfig, UNetConfig, UpsamplerConfig
+from models.configs import (
+    ClipConfig,
+    DiffusionConfig,
+    ModelConfig,
+    PriorConfig,
+    UNetConfig,
+    UpsamplerConfig,
+    get_config,
+)
 from models.data.source import ShapesSource
 from models.training.config import TrainConfig
 from models.training.loop import Trainer
@@ -132,3 +141,59 @@ def test_cli_trains_clip_on_a_folder_and_resumes(tmp_path: Path) -> None:
     assert main([*args, "--steps", "3", "--data-dir", str(data), "--out", str(out)]) == 0  # resumes at 2
     assert torch.load(out / "checkpoints" / "clip.pt", weights_only=False)["step"] == 3
     assert set(read_manifest(out).stages) == {"clip"}
+
+
+V_PATCH_CONFIG = replace(
+    CONFIG,
+    decoder=replace(
+        CONFIG.decoder,
+        unet=replace(UNET, patch_size=2, position_embedding=True, attention_resolutions=(8,)),
+        diffusion=DiffusionConfig(schedule="cosine", prediction="v"),
+    ),
+)
+
+
+def test_v_prediction_patch_decoder_short_run_lowers_held_loss(clip_dir: Path, tmp_path: Path) -> None:
+    """The tiny preset's decoder recipe (v-prediction, 2x2 stem, position embedding) at test size."""
+    save_weights(tmp_path / "model", V_PATCH_CONFIG, {"clip": load_stage_state(clip_dir, "clip")})
+    recipe = replace(RECIPE, batch_size=8, steps=60, log_every=60)
+    ctx = StageContext(V_PATCH_CONFIG, recipe, ShapesSource(), tmp_path / "model", torch.device("cpu"))
+    torch.manual_seed(0)
+    task = create_task("decoder", ctx)
+    held = task.batch(10**7, torch.Generator().manual_seed(7))
+    before = held_loss(task, held)
+    Trainer(task, recipe, tmp_path / "model", show_progress=False).run()
+    after = held_loss(task, held)
+    assert after < 0.9 * before, f"held loss {before:.4f} -> {after:.4f}"
+
+
+def test_assemble_combines_stages_trained_apart(tmp_path: Path) -> None:
+    from models.cli import main
+    from models.factory import create_stage_module
+    from models.training.assemble import assemble
+
+    torch.manual_seed(0)
+    sources = {"clip": tmp_path / "a", "sr256": tmp_path / "b"}
+    for stage, out in sources.items():
+        notes = json.dumps({stage: {"steps": 2}})
+        save_weights(out, CONFIG, {stage: create_stage_module(stage, CONFIG)}, notes=notes)  # type: ignore[arg-type]
+    taken = assemble(tmp_path / "c", CONFIG, list(sources.values()))
+    assert taken == sources
+    manifest = read_manifest(tmp_path / "c")
+    assert set(manifest.stages) == {"clip", "sr256"} and manifest.config == CONFIG
+    for stage, source in taken.items():
+        copied, original = load_stage_state(tmp_path / "c", stage), load_stage_state(source, stage)
+        assert copied.keys() == original.keys()
+        assert all(torch.equal(copied[k], original[k]) for k in copied)
+    assert manifest.notes is not None and json.loads(manifest.notes)["sr256"] == {"steps": 2}
+    # A stage that is in none of the sources, and tensors that do not fit the config, are refused.
+    with pytest.raises(WeightsError, match="prior"):
+        assemble(tmp_path / "d", CONFIG, [tmp_path / "a"], stages=["prior"])
+    with pytest.raises(WeightsError, match="does not fit"):
+        assemble(tmp_path / "d", get_config("tiny"), [tmp_path / "b"])
+    out = tmp_path / "e"
+    assert (
+        main(["assemble", str(tmp_path / "a"), "--config", CONFIG.name, "--out", str(out)]) == 2
+    )  # unknown preset
+    assert main(["assemble", str(tmp_path / "b"), "--config", "tiny", "--out", str(out)]) == 2
+    assert not (out / "manifest.json").exists()
