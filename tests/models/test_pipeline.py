@@ -66,7 +66,9 @@ def test_seed_reproduces_across_batch_compositions(pipeline: UnclipPipeline) -> 
     # Same rows, same noise; only BLAS summation order may differ with the batch size.
     assert np.abs(alone.astype(int) - together.astype(int)).max() <= 2
     other = batch.images[2]
-    assert other is not None and np.abs(alone[0].astype(int) - other[0].astype(int)).mean() > 5
+    # Another seed, other noise. Random v-prediction networks output v = 0 (zero-initialised last
+    # layer), which pulls every sample toward gray, so seeds differ by ~1 level, not by much.
+    assert other is not None and np.abs(alone[0].astype(int) - other[0].astype(int)).mean() > 0.5
 
 
 def test_precomputed_text_equals_encoding_inside(pipeline: UnclipPipeline) -> None:
