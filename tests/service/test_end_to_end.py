@@ -142,7 +142,7 @@ def test_repeated_prompt_hits_the_text_cache(api: str, worker: WorkerProcess) ->
 def test_jobs_queued_behind_a_busy_worker_share_batches(api: str, worker: WorkerProcess) -> None:
     count_before = worker.metric("unclip_batch_size_count")
     sum_before = worker.metric("unclip_batch_size_sum")
-    blocker = submit(api, prompt="keep the worker busy", **steps(6))
+    blocker = submit(api, prompt="keep the worker busy", **steps(20))
     wait_for(lambda: read(api, blocker["id"])["status"] == "running", 30, what="the blocker to start")
     with ThreadPoolExecutor(8) as pool:
         ids = list(pool.map(lambda i: submit(api, prompt=f"queued job {i}")["id"], range(8)))
@@ -160,10 +160,10 @@ def test_jobs_queued_behind_a_busy_worker_share_batches(api: str, worker: Worker
 def test_cancel_a_running_batch_member(api: str, settings: Settings, redis: Redis) -> None:
     # Queue both behind a blocker (other settings, so its own batch) so that the worker takes
     # them together however slow the machine is.
-    blocker = submit(api, prompt="keep the worker busy", **steps(6))
+    blocker = submit(api, prompt="keep the worker busy", **steps(20))
     wait_for(lambda: read(api, blocker["id"])["status"] == "running", 30, what="the blocker to start")
-    victim = submit(api, prompt="cancel me", **steps(12))
-    survivor = submit(api, prompt="let me finish", **steps(12))
+    victim = submit(api, prompt="cancel me", **steps(36))
+    survivor = submit(api, prompt="let me finish", **steps(36))
     assert read(api, blocker["id"])["status"] == "running"  # both were queued behind it
     wait_for(
         lambda: (read(api, victim["id"]).get("progress") or {}).get("fraction", 0) > 0.05,
@@ -182,7 +182,7 @@ def test_cancel_a_running_batch_member(api: str, settings: Settings, redis: Redi
 
 
 def test_cancel_a_queued_job_behind_a_running_one(api: str) -> None:
-    running = submit(api, prompt="occupy", **steps(6))
+    running = submit(api, prompt="occupy", **steps(20))
     wait_for(lambda: read(api, running["id"])["status"] == "running", 30, what="the job to start")
     queued = submit(api, prompt="never run", size="256x256")  # incompatible: cannot join the batch
     assert read(api, queued["id"])["queue_position"] == 1

@@ -19,7 +19,7 @@ from service.schemas import GenerateRequest
 from service.settings import Settings
 from tests.workers.harness import WorkerProcess, steps, wait_for, workers
 
-SLOW = steps(10)  # long enough to kill a worker in the middle
+SLOW = steps(30)  # long enough to kill a worker in the middle
 
 
 @pytest.fixture
