@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Sequence
+from dataclasses import replace
 from typing import Any
 
 import torch
@@ -75,6 +76,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "several times faster than 2 for these small networks (see models/training/RECIPE.md)",
     )
     parser.add_argument("--no-progress", action="store_true", help="no progress bar (logs only)")
+    parser.add_argument(
+        "--crop-fraction",
+        type=float,
+        help="upsamplers: train on crops of this fraction of the target side instead of the "
+        "config's (1 = whole images; the bundled sr256 ends with whole images so that its "
+        "normalization statistics match sampling, see models/training/RECIPE.md)",
+    )
 
 
 def run(args: argparse.Namespace) -> int:
@@ -84,6 +92,14 @@ def run(args: argparse.Namespace) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     config = get_config(args.config)
+    if args.crop_fraction is not None:
+        if not 0.0 < args.crop_fraction <= 1.0:
+            raise SystemExit("unclip train: --crop-fraction must be in (0, 1]")
+        config = replace(
+            config,
+            sr256=replace(config.sr256, crop_fraction=args.crop_fraction),
+            sr1024=replace(config.sr1024, crop_fraction=args.crop_fraction),
+        )
     source = make_source(args.data_dir)
     stages = list(STAGES) if args.all else [args.stage]
     minutes = _minutes_per_stage(args, stages)

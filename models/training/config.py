@@ -49,7 +49,8 @@ class TrainConfig:
 
 
 def _tiny() -> dict[StageName, TrainConfig]:
-    """154 stage-minutes on 2 CPU cores, about 106 minutes of wall time in two lanes (``STAGE_SHARE``)."""
+    """154 stage-minutes on 2 CPU cores, about 106 minutes of wall time in two lanes (``STAGE_SHARE``)
+    plus the whole-image sr256 phase of scripts/train-default-model.sh."""
     return {
         "clip": TrainConfig(batch_size=128, lr=1e-3, weight_decay=0.1, betas=(0.9, 0.98), warmup_steps=100),
         "prior": TrainConfig(

@@ -143,6 +143,16 @@ def test_cli_trains_clip_on_a_folder_and_resumes(tmp_path: Path) -> None:
     assert set(read_manifest(out).stages) == {"clip"}
 
 
+def test_cli_crop_fraction_trains_an_upsampler_on_whole_images(tmp_path: Path) -> None:
+    from models.training.cli import main
+
+    args = ["--stage", "sr256", "--steps", "1", "--batch-size", "1", "--threads", "1", "--no-progress"]
+    assert main([*args, "--crop-fraction", "1", "--out", str(tmp_path)]) == 0
+    assert read_manifest(tmp_path).config.sr256.crop_fraction == 1.0
+    with pytest.raises(SystemExit, match="crop-fraction"):
+        main([*args, "--crop-fraction", "0", "--out", str(tmp_path / "bad")])
+
+
 V_PATCH_CONFIG = replace(
     CONFIG,
     decoder=replace(
