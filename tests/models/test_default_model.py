@@ -63,9 +63,9 @@ def test_bundled_model_keeps_its_measured_adherence_at_64px() -> None:
 @pytest.mark.slow
 @pytest.mark.xfail(
     strict=True,
-    reason="issue 3: the shipped weights are below the bar at 256x256 (the 64->256 upsampler "
-    "shifts colors; shape and position are weak already at 64x64: README, 'What the bundled model "
-    "is'); strict, so a model that reaches the bar turns this into a failure that asks for the "
+    reason="issue 3: the shipped weights are below the bar at 256x256 (shape and position are "
+    "weak already at 64x64, and the 64->256 upsampler still shifts some colors: README, 'What the "
+    "bundled model is'); strict, so a model that reaches the bar turns this into a failure that asks for the "
     "marker to go",
 )
 def test_bundled_model_reaches_the_quality_bar() -> None:
