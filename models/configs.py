@@ -200,16 +200,12 @@ def _tiny() -> ModelConfig:
     decoder places the object early in training; fixed variance (DDIM samples by default).
     """
     base = ModelConfig()
-    decoder = DecoderConfig(
-        unet=UNetConfig(
-            image_size=64,
-            model_channels=32,
+    decoder = replace(
+        base.decoder,
+        unet=replace(
+            base.decoder.unet,
             channel_mult=(1, 2, 4, 4),
-            num_res_blocks=1,
             attention_resolutions=(16, 8, 4),
-            num_head_channels=32,
-            clip_embed_dim=64,
-            text_width=128,
             patch_size=2,
             position_embedding=True,
         ),
