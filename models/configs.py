@@ -100,6 +100,13 @@ class UNetConfig:
     clip_embed_dim: int | None = None
     text_width: int | None = None
     clip_context_tokens: int = 4
+    # GLIDE adds its text encoder's final token embedding to the timestep embedding ("in place of
+    # a class embedding"); its text encoder trains with the decoder. Ours is the frozen CLIP,
+    # whose final token keeps little of what contrastive training did not need (the first
+    # bundled CLIP told the 9 positions of one picture apart 40% of the time), and the decoder
+    # then ignored the text tokens in attention (models/training/RECIPE.md). With this set the
+    # decoder pools its projected text tokens with learned attention queries and adds the pool.
+    text_pool_to_time: bool = False
     # Upsamplers: channels of the (upsampled) low-resolution image concatenated to the input.
     low_res_channels: int = 0
     # Space-to-depth stem (as in Hoogeboom et al. 2023, "simple diffusion"): the input is folded
@@ -208,6 +215,7 @@ def _tiny() -> ModelConfig:
             attention_resolutions=(16, 8, 4),
             patch_size=2,
             position_embedding=True,
+            text_pool_to_time=True,
         ),
         diffusion=DiffusionConfig(schedule="cosine", prediction="v"),
     )

@@ -219,6 +219,7 @@ class UNetModel(nn.Module):
                 self.time_embed_dim,
                 self.context_dim,
                 config.clip_context_tokens,
+                config.text_pool_to_time,
             )
         patch = config.patch_size
         grid = config.image_size // patch  # side of the first level's feature map

@@ -33,6 +33,7 @@ which is continuous, so no training picture equals a held-out one.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import math
 import re
@@ -358,6 +359,25 @@ def parse_caption(caption: str) -> CaptionAttributes:
         position=position,
         background=_first_word(text, _BACKGROUND_WORDS),
     )
+
+
+def with_attribute(spec: ShapeSpec, attribute: str, value: str) -> ShapeSpec:
+    """``spec`` with one attribute changed and every jitter kept: a moved object keeps its offset
+    from the cell centre, a resized one its size factor."""
+    if attribute == "position":
+        (old_x, old_y), (new_x, new_y) = POSITIONS[spec.position], POSITIONS[value]
+        return dataclasses.replace(
+            spec,
+            position=value,
+            center_x=spec.center_x - old_x + new_x,
+            center_y=spec.center_y - old_y + new_y,
+        )
+    if attribute == "size":
+        factor = spec.side_fraction / SIZES[spec.size]
+        return dataclasses.replace(spec, size=value, side_fraction=SIZES[value] * factor)
+    if attribute not in ("color", "shape", "background"):
+        raise ValueError(f"unknown attribute {attribute!r}")
+    return dataclasses.replace(spec, **{attribute: value})
 
 
 # -- the world -------------------------------------------------------------------------------------

@@ -77,6 +77,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--no-progress", action="store_true", help="no progress bar (logs only)")
     parser.add_argument(
+        "--init-from",
+        metavar="WEIGHTS_DIR",
+        help="fine-tune: start --stage from this weights directory's weights for it (e.g. "
+        "models/default_weights with --data-dir); tensors it lacks keep their fresh "
+        "initialisation; a checkpoint in --out still resumes instead",
+    )
+    parser.add_argument(
         "--crop-fraction",
         type=float,
         help="upsamplers: train on crops of this fraction of the target side instead of the "
@@ -100,6 +107,8 @@ def run(args: argparse.Namespace) -> int:
             sr256=replace(config.sr256, crop_fraction=args.crop_fraction),
             sr1024=replace(config.sr1024, crop_fraction=args.crop_fraction),
         )
+    if args.init_from and args.all:
+        raise SystemExit("unclip train: --init-from works with --stage, not --all")
     source = make_source(args.data_dir)
     stages = list(STAGES) if args.all else [args.stage]
     minutes = _minutes_per_stage(args, stages)
@@ -119,7 +128,9 @@ def run(args: argparse.Namespace) -> int:
     if args.all:
         results = train_all(config, trains, args.out, **common)
     else:
-        results = [train_stage(args.stage, config, trains[args.stage], args.out, **common)]
+        results = [
+            train_stage(args.stage, config, trains[args.stage], args.out, init_from=args.init_from, **common)
+        ]
     return 130 if any(r.interrupted for r in results) else 0
 
 

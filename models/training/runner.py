@@ -16,7 +16,7 @@ from typing import Any
 import structlog
 import torch
 
-from models.checkpoints import WeightsError, read_manifest, save_weights
+from models.checkpoints import WeightsError, load_into, load_stage_state, read_manifest, save_weights
 from models.configs import STAGES, ModelConfig, StageName
 from models.training.config import TrainConfig
 from models.training.loop import Trainer, TrainResult
@@ -36,22 +36,49 @@ def train_stage(
     source: Any,
     device: str = "cpu",
     show_progress: bool = True,
+    init_from: str | Path | None = None,
 ) -> TrainResult:
-    """Train (or resume) one stage to its budget and export its EMA weights into ``out_dir``."""
+    """Train (or resume) one stage to its budget and export its EMA weights into ``out_dir``.
+
+    ``init_from``: a weights directory whose weights for this stage start the network instead of
+    a fresh initialisation (fine-tuning); a checkpoint in ``out_dir`` still wins (resume).
+    """
     out_dir = Path(out_dir)
     ctx = StageContext(
         config=config, train=train, source=source, out_dir=out_dir, device=torch.device(device)
     )
     torch.manual_seed(train.seed)  # the initial weights
     task = create_task(stage, ctx)
+    if init_from is not None:
+        fresh = init_from_weights(task.module, init_from, stage)
+        log.info("initialised from weights", stage=stage, source=str(init_from), fresh_tensors=fresh)
     trainer = Trainer(
         task, train, out_dir, device=device, show_progress=show_progress, evaluate=task.evaluate
     )
     result = trainer.run()
     if not result.interrupted:
-        export_stage(out_dir, config, stage, trainer.averaged_state_dict(), notes=_notes(result, train))
+        notes = _notes(result, train)
+        if init_from is not None:
+            notes["init_from"] = str(init_from)
+        export_stage(out_dir, config, stage, trainer.averaged_state_dict(), notes=notes)
     log.info("stage done", **{k: v for k, v in asdict(result).items() if k != "metrics"})
     return result
+
+
+def init_from_weights(module: torch.nn.Module, directory: str | Path, stage: StageName) -> list[str]:
+    """Load ``directory``'s weights for ``stage`` into ``module`` for fine-tuning.
+
+    Tensors the weights lack keep their fresh initialisation (a path the network gained since,
+    e.g. ``UNetConfig.text_pool_to_time``, which starts at zero); their names are returned. A
+    tensor the network lacks, or of another shape, is an error: those weights are of another
+    architecture.
+    """
+    state = load_stage_state(directory, stage)
+    expected = module.state_dict()
+    fresh = sorted(k for k in expected if k not in state)
+    label = f"{Path(directory) / stage}.safetensors"
+    load_into(module, {**{k: expected[k] for k in fresh}, **state}, file_label=label)
+    return fresh
 
 
 def train_all(

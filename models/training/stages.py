@@ -31,7 +31,8 @@ from torch import nn
 from models.checkpoints import WeightsError, load_stage_into
 from models.clip import build_clip_model, encode_images, encode_text_tokens, get_tokenizer
 from models.configs import ModelConfig, StageName
-from models.data.source import torch_batch
+from models.data.source import ShapesSource, torch_batch
+from models.evaluation.clip_probe import attribute_swap_retrieval
 from models.factory import create_stage_diffusion, create_stage_module, stage_diffusion_config
 from models.training.config import TrainConfig
 from models.training.corruption import degrade_low_res, paired_random_crop
@@ -142,10 +143,22 @@ class ClipTask(_Task):
         text_features = encode_text_tokens(module, batch["tokens"]).embedding  # [N x D]
         logits = image_features @ text_features.T  # [N x N]
         ids = batch["caption_ids"]
-        return {
+        metrics = {
             "held_i2t": float((ids[logits.argmax(1)] == ids).float().mean()),
             "held_t2i": float((ids[logits.argmax(0)] == ids).float().mean()),
         }
+        if isinstance(self.ctx.source, ShapesSource):
+            # In-batch retrieval rises on color and size alone; this shows position and shape.
+            probe = attribute_swap_retrieval(
+                lambda images: encode_images(module, images.to(self.device)),
+                lambda captions: (
+                    encode_text_tokens(module, self.tokenizer(captions).to(self.device)).embedding
+                ),
+                image_size=self.stream.size,
+                seed=EVAL_SEED,
+            )
+            metrics.update(probe.to_metrics())
+        return metrics
 
     def loss(
         self, batch: dict[str, torch.Tensor], generator: torch.Generator

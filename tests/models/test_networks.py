@@ -12,7 +12,7 @@ import pytest
 import torch
 from torch import nn
 
-from models.conditioning import ClipTextConditioning
+from models.conditioning import ClipTextConditioning, TextAttentionPool
 from models.configs import ModelConfig, UNetConfig, get_config
 from models.nn import count_parameters, normalization, timestep_embedding, zero_module
 from models.prior import DiffusionPrior
@@ -398,3 +398,48 @@ def test_tiny_patch_networks_train(stage: str) -> None:
         x, low = torch.randn(2, 3, 32, 32, generator=gen), torch.randn(2, 3, 8, 8, generator=gen)
         target = torch.randn(2, 3, 32, 32, generator=gen)
         _train_steps(model, lambda: model(x, torch.tensor([3, 900]), low_res=low), target, steps=3)
+
+
+def test_pooled_text_reaches_the_time_embedding_and_ignores_padding() -> None:
+    """``text_pool_to_time``: the attention pool of the kept, projected text tokens is added to the
+    time embedding; padded tokens do not count, dropped text pools to zero (as with no text at
+    all), and the path starts at zero."""
+    torch.manual_seed(0)
+    cond = ClipTextConditioning(8, 12, time_embed_dim=16, context_dim=8, text_pool_to_time=True)
+    plain = ClipTextConditioning(8, 12, time_embed_dim=16, context_dim=8)
+    plain.load_state_dict(
+        {k: v for k, v in cond.state_dict().items() if "text_pool" not in k and "text_to_time" not in k}
+    )
+    embed, tokens = torch.randn(2, 8), torch.randn(2, 3, 12)
+    mask = torch.tensor([[True, True, False], [True, True, True]])
+    torch.testing.assert_close(cond(embed, tokens, mask)[0], plain(embed, tokens, mask)[0])  # zero init
+    for p in cond.text_to_time.parameters():
+        p.data.normal_()
+    time_add = cond(embed, tokens, mask)[0]
+    pooled = cond.text_pool(cond.text_proj(tokens), mask)
+    torch.testing.assert_close(time_add, plain(embed, tokens, mask)[0] + cond.text_to_time(pooled))
+    padded = tokens.clone()
+    padded[0, 2] = 100.0
+    torch.testing.assert_close(cond(embed, padded, mask)[0], time_add)
+    dropped = cond(embed, tokens, mask, drop_text=torch.tensor([True, True]))[0]
+    torch.testing.assert_close(dropped, plain(embed)[0] + cond.text_to_time.bias)
+    torch.testing.assert_close(cond(embed)[0], dropped)
+    assert get_config("tiny").decoder.unet.text_pool_to_time
+
+
+def test_text_attention_pool_starts_as_the_mean_and_can_single_out_a_word() -> None:
+    torch.manual_seed(0)
+    pool = TextAttentionPool(8, heads=2)
+    tokens = torch.randn(2, 4, 8)
+    keep = torch.tensor([[True, True, True, False], [False, False, False, False]])
+    with torch.no_grad():
+        pool.scores.weight.zero_()
+        pool.scores.bias.zero_()
+        values = pool.values(tokens)
+        out = pool(tokens, keep)
+        torch.testing.assert_close(out[0], values[0, :3].mean(0))  # equal scores: the mean
+        assert torch.all(out[1] == 0)  # nothing kept
+        pool.scores.weight.copy_(100.0 * tokens[0, 1] / tokens[0, 1].norm() * torch.ones(2, 1))
+        torch.testing.assert_close(pool(tokens, keep)[0], values[0, 1], atol=1e-3, rtol=1e-3)
+    with pytest.raises(ValueError, match="heads"):
+        TextAttentionPool(6, heads=4)

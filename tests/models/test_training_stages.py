@@ -207,3 +207,63 @@ def test_assemble_combines_stages_trained_apart(tmp_path: Path) -> None:
     )  # unknown preset
     assert main(["assemble", str(tmp_path / "b"), "--config", "tiny", "--out", str(out)]) == 2
     assert not (out / "manifest.json").exists()
+
+
+POOLED_CONFIG = replace(CONFIG, decoder=replace(CONFIG.decoder, unet=replace(UNET, text_pool_to_time=True)))
+
+
+def test_init_from_fine_tunes_and_keeps_new_paths_fresh(clip_dir: Path, tmp_path: Path) -> None:
+    """A decoder trained without the pooled-text path starts a network with it: every old tensor is
+    copied, the new path starts at zero (same outputs), and the run's notes say where it started."""
+    from models.factory import create_stage_module
+    from models.training.runner import init_from_weights, train_stage
+
+    torch.manual_seed(0)
+    old = create_stage_module("decoder", CONFIG)
+    for p in old.parameters():  # zero-initialised layers too, so that copying shows
+        p.data.normal_(0, 0.05)
+    save_weights(tmp_path / "old", CONFIG, {"clip": load_stage_state(clip_dir, "clip"), "decoder": old})
+    new = create_stage_module("decoder", POOLED_CONFIG)
+    fresh = init_from_weights(new, tmp_path / "old", "decoder")
+    assert fresh == [
+        f"conditioning.{name}"
+        for name in (
+            "text_pool.scores.bias",
+            "text_pool.scores.weight",
+            "text_pool.values.bias",
+            "text_pool.values.weight",
+            "text_to_time.bias",
+            "text_to_time.weight",
+        )
+    ]
+    x, t = torch.randn(2, 3, 32, 32), torch.tensor([10, 500])
+    kwargs = {"clip_embed": torch.randn(2, 32), "text_tokens": torch.randn(2, 5, 64)}
+    with torch.no_grad():
+        torch.testing.assert_close(new.eval()(x, t, **kwargs), old.eval()(x, t, **kwargs))
+    # Weights of another architecture are refused, naming the file.
+    other = create_stage_module(
+        "decoder",
+        replace(POOLED_CONFIG, decoder=replace(CONFIG.decoder, unet=replace(UNET, model_channels=8))),
+    )
+    with pytest.raises(WeightsError, match="shape"):
+        init_from_weights(other, tmp_path / "old", "decoder")
+    recipe = replace(RECIPE, batch_size=2, steps=2)
+    save_weights(tmp_path / "new", POOLED_CONFIG, {"clip": load_stage_state(clip_dir, "clip")})
+    train_stage(
+        "decoder",
+        POOLED_CONFIG,
+        recipe,
+        tmp_path / "new",
+        source=ShapesSource(),
+        show_progress=False,
+        init_from=tmp_path / "old",
+    )
+    notes = json.loads(read_manifest(tmp_path / "new").notes or "{}")
+    assert notes["decoder"]["init_from"] == str(tmp_path / "old")
+
+
+def test_cli_init_from_needs_one_stage(tmp_path: Path) -> None:
+    from models.training.cli import main
+
+    with pytest.raises(SystemExit, match="init-from"):
+        main(["--all", "--steps", "1", "--init-from", str(tmp_path), "--out", str(tmp_path / "m")])
