@@ -87,3 +87,41 @@ def attribute_swap_retrieval(
         image_to_text[attribute] = float((similarity.argmax(2) == own).float().mean())
         text_to_image[attribute] = float((similarity.argmax(1) == own).float().mean())
     return SwapRetrieval(text_to_image=text_to_image, image_to_text=image_to_text, groups=groups)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m models.evaluation.clip_probe [--weights DIR] [--groups N]``: print the table."""
+    import argparse
+
+    from models.checkpoints import load_stage_into, read_manifest
+    from models.clip import FrozenClip, build_clip_model
+    from models.pipeline import DEFAULT_WEIGHTS_DIR
+
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument(
+        "--weights", default=str(DEFAULT_WEIGHTS_DIR), help="model directory (default: bundled)"
+    )
+    parser.add_argument("--groups", type=int, default=64, help="pictures per attribute (default: 64)")
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args(argv)
+    config = read_manifest(args.weights).config.clip
+    model = build_clip_model(config)
+    load_stage_into(model, args.weights, "clip")
+    clip = FrozenClip(model)
+    result = attribute_swap_retrieval(
+        clip.encode_image,
+        lambda captions: clip.encode_text(captions).embedding,
+        groups=args.groups,
+        image_size=config.image_size,
+        seed=args.seed,
+    )
+    print(f"| attribute | chance | text → image | image → text |  ({args.groups} groups, {args.weights})")
+    print("|---|---:|---:|---:|")
+    for attribute, values in SWAP_VALUES.items():
+        t2i, i2t = result.text_to_image[attribute], result.image_to_text[attribute]
+        print(f"| {attribute} | {1 / len(values):.0%} | {t2i:.0%} | {i2t:.0%} |")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

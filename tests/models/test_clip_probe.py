@@ -90,3 +90,11 @@ def test_bundled_clip_separates_color_and_size(clip_model: torch.nn.Module) -> N
     for scores in _score(clip_model):
         assert scores["color"] >= 0.95 and scores["size"] >= 0.95, scores
         assert scores["position"] > 2 / len(POSITIONS), scores  # at least twice chance
+
+
+def test_command_prints_the_table(capsys: pytest.CaptureFixture[str]) -> None:
+    from models.evaluation.clip_probe import main
+
+    assert main(["--groups", "4"]) == 0
+    rows = [line for line in capsys.readouterr().out.splitlines() if line.startswith("| ")]
+    assert [r.split(" | ")[0] for r in rows[1:]] == ["| color", "| shape", "| size", "| position"]
