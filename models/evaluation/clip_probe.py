@@ -25,7 +25,9 @@ from models.data.shapes import (
     POSITIONS,
     SHAPES,
     SIZES,
+    CaptionAttributes,
     ShapeSpec,
+    compose_caption,
     render,
     sample_spec,
     with_attribute,
@@ -59,7 +61,8 @@ class SwapRetrieval:
 
 def caption(spec: ShapeSpec) -> str:
     """The full canonical caption (the held-out prompts' and most user prompts' phrasing)."""
-    return f"a {spec.size} {spec.color} {spec.shape} in the {spec.position} on a {spec.background} background"
+    named = {a: getattr(spec, a) for a in ("color", "shape", "size", "position", "background")}
+    return compose_caption("canonical", CaptionAttributes(**named))
 
 
 @torch.no_grad()

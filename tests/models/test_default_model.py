@@ -15,16 +15,25 @@ import pytest
 
 from models.checkpoints import read_manifest, sha256_file
 from models.configs import STAGES
-from models.evaluation.evaluate import BAR, evaluate
+from models.evaluation.evaluate import BAR, EvaluationReport, evaluate
 from models.pipeline import DEFAULT_WEIGHTS_DIR, GenerationRequest, load_pipeline
 
 MAX_FILE_BYTES = 16 * 1024 * 1024
 # Held-out prompts the adherence tests generate (prompt i with seed i; ~0.5 s each at 64x64 and
 # ~2 s at 256x256 on one CPU core).
 ADHERENCE_PROMPTS = 32
-# What the shipped weights must keep on those prompts at 64x64 (measured: color 100%, size 97%,
-# position 31%; chance is 17%, 50% and 11%). Shape is left out: it scores 28%, chance level (25%).
-FLOORS_AT_64PX = {"color": 0.9, "size": 0.85, "position": 0.2}
+# What the shipped weights must keep on those prompts, a few images under what they score.
+# At 64x64 (the decoder's own output) they score color 100%, shape 41%, size 94%, position 34%
+# (chance 17%, 25%, 50%, 11%); at 256x256 color and size reach the bar, shape and position do not.
+FLOORS_AT_64PX = {"color": 0.9, "shape": 0.3, "size": 0.85, "position": 0.25}
+FLOORS_AT_256PX = {"color": 0.9, "size": 0.85}
+
+
+@pytest.fixture(scope="module")
+def report_at_256px() -> EvaluationReport:
+    report = evaluate(load_pipeline(None), n=ADHERENCE_PROMPTS, size=256, progress=False)
+    print(report.to_markdown())  # pytest shows it when a test fails
+    return report
 
 
 def test_bundled_weights_are_complete_and_small() -> None:
@@ -61,15 +70,21 @@ def test_bundled_model_keeps_its_measured_adherence_at_64px() -> None:
 
 
 @pytest.mark.slow
+def test_bundled_model_keeps_color_and_size_at_256px(report_at_256px: EvaluationReport) -> None:
+    """The 64->256 upsampler keeps what the decoder drew (it shifted flat colors before its
+    whole-image training)."""
+    for attribute, floor in FLOORS_AT_256PX.items():
+        assert report_at_256px.accuracy[attribute] >= floor, f"{attribute}: {report_at_256px.accuracy}"
+
+
+@pytest.mark.slow
 @pytest.mark.xfail(
     strict=True,
-    reason="issue 3: the shipped weights are below the bar at 256x256 (shape and position are "
-    "weak already at 64x64, and the 64->256 upsampler still shifts some colors: README, 'What the "
-    "bundled model is'); strict, so a model that reaches the bar turns this into a failure that asks for the "
-    "marker to go",
+    reason="issue 3: the shipped weights are below the bar at 256x256 in shape and position (weak "
+    "already at 64x64: README, 'What the bundled model is'); strict, so a model that reaches the "
+    "bar turns this into a failure that asks for the marker to go",
 )
-def test_bundled_model_reaches_the_quality_bar() -> None:
+def test_bundled_model_reaches_the_quality_bar(report_at_256px: EvaluationReport) -> None:
     """Color >= 95%, shape, size and position >= 90% at 256x256 with the default sampling."""
-    report = evaluate(load_pipeline(None), n=ADHERENCE_PROMPTS, size=256, progress=False)
     for attribute, threshold in BAR.items():
-        assert report.accuracy[attribute] >= threshold, f"{attribute}: {report.accuracy}"
+        assert report_at_256px.accuracy[attribute] >= threshold, f"{attribute}: {report_at_256px.accuracy}"
