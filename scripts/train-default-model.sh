@@ -1,5 +1,7 @@
 #!/usr/bin/env bash
-# Retrain the bundled default model (models/default_weights) from scratch on two CPU cores.
+# Train the default model's recipe (`tiny`) from scratch on two CPU cores. The shipped weights in
+# models/default_weights are this script's first run plus two fine-tunes (README, "What the
+# bundled model is").
 #
 #   bash scripts/train-default-model.sh [OUT_DIR]      (default: runs/default)
 #
