@@ -19,8 +19,8 @@ from models.evaluation.evaluate import BAR, EvaluationReport, evaluate
 from models.pipeline import DEFAULT_WEIGHTS_DIR, GenerationRequest, load_pipeline
 
 MAX_FILE_BYTES = 16 * 1024 * 1024
-# Held-out prompts the adherence tests generate (prompt i with seed i; ~0.5 s each at 64x64 and
-# ~2 s at 256x256 on one CPU core).
+# Held-out prompts the adherence tests generate (prompt i with seed i; per image on one CPU core
+# ~0.5 s at 64x64 and ~2 s at 256x256 on an AVX-512 Xeon, ~1.2 s and ~3.7 s on an AVX2 EPYC).
 ADHERENCE_PROMPTS = 32
 # What the shipped weights must keep on those prompts, a few images under what they score.
 # At 64x64 (the decoder's own output) they score color 100%, shape 41%, size 94%, position 34%
