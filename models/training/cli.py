@@ -90,6 +90,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "config's (1 = whole images; the bundled sr256 ends with whole images so that its "
         "normalization statistics match sampling, see models/training/RECIPE.md)",
     )
+    parser.add_argument(
+        "--text-drop",
+        type=float,
+        help="decoder: probability of dropping the caption (default: the config's, the paper's "
+        "0.5). The CLIP embedding is still dropped 10%% of the time independently, and both "
+        "together are the unconditional half of classifier-free guidance",
+    )
 
 
 def run(args: argparse.Namespace) -> int:
@@ -107,6 +114,10 @@ def run(args: argparse.Namespace) -> int:
             sr256=replace(config.sr256, crop_fraction=args.crop_fraction),
             sr1024=replace(config.sr1024, crop_fraction=args.crop_fraction),
         )
+    if args.text_drop is not None:
+        if not 0.0 <= args.text_drop <= 1.0:
+            raise SystemExit("unclip train: --text-drop must be in [0, 1]")
+        config = replace(config, decoder=replace(config.decoder, text_drop_prob=args.text_drop))
     if args.init_from and args.all:
         raise SystemExit("unclip train: --init-from works with --stage, not --all")
     source = make_source(args.data_dir)

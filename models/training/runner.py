@@ -25,6 +25,7 @@ from models.training.stages import StageContext, create_task
 log = structlog.get_logger("models.training")
 
 MAX_FILE_BYTES = 16 * 1024 * 1024  # each shipped weights file stays under 16 MiB
+CLIP_READERS: tuple[StageName, ...] = ("prior", "decoder")  # stages conditioned on the frozen CLIP
 
 
 def train_stage(
@@ -41,9 +42,20 @@ def train_stage(
     """Train (or resume) one stage to its budget and export its EMA weights into ``out_dir``.
 
     ``init_from``: a weights directory whose weights for this stage start the network instead of
-    a fresh initialisation (fine-tuning); a checkpoint in ``out_dir`` still wins (resume).
+    a fresh initialisation (fine-tuning); a checkpoint in ``out_dir`` still wins (resume). The prior
+    and the decoder read a frozen CLIP: when ``out_dir`` has none, ``init_from``'s is copied in
+    first, since those weights were trained against it.
     """
     out_dir = Path(out_dir)
+    if init_from is not None and stage in CLIP_READERS and not (out_dir / "clip.safetensors").exists():
+        export_stage(
+            out_dir,
+            config,
+            "clip",
+            load_stage_state(init_from, "clip"),
+            notes={"copied_from": str(init_from)},
+        )
+        log.info("copied the frozen CLIP", stage=stage, source=str(init_from))
     ctx = StageContext(
         config=config, train=train, source=source, out_dir=out_dir, device=torch.device(device)
     )

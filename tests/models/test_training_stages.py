@@ -247,8 +247,8 @@ def test_init_from_fine_tunes_and_keeps_new_paths_fresh(clip_dir: Path, tmp_path
     )
     with pytest.raises(WeightsError, match="shape"):
         init_from_weights(other, tmp_path / "old", "decoder")
+    # Into an empty directory: the CLIP the old decoder was trained against comes along.
     recipe = replace(RECIPE, batch_size=2, steps=2)
-    save_weights(tmp_path / "new", POOLED_CONFIG, {"clip": load_stage_state(clip_dir, "clip")})
     train_stage(
         "decoder",
         POOLED_CONFIG,
@@ -260,6 +260,11 @@ def test_init_from_fine_tunes_and_keeps_new_paths_fresh(clip_dir: Path, tmp_path
     )
     notes = json.loads(read_manifest(tmp_path / "new").notes or "{}")
     assert notes["decoder"]["init_from"] == str(tmp_path / "old")
+    assert notes["clip"] == {"copied_from": str(tmp_path / "old")}
+    copied, source = load_stage_state(tmp_path / "new", "clip"), load_stage_state(clip_dir, "clip")
+    assert copied.keys() == source.keys()
+    for name, tensor in source.items():
+        torch.testing.assert_close(copied[name], tensor)
 
 
 def test_cli_init_from_needs_one_stage(tmp_path: Path) -> None:
@@ -267,3 +272,10 @@ def test_cli_init_from_needs_one_stage(tmp_path: Path) -> None:
 
     with pytest.raises(SystemExit, match="init-from"):
         main(["--all", "--steps", "1", "--init-from", str(tmp_path), "--out", str(tmp_path / "m")])
+
+
+def test_cli_text_drop_is_a_probability(tmp_path: Path) -> None:
+    from models.training.cli import main
+
+    with pytest.raises(SystemExit, match="text-drop"):
+        main(["--stage", "decoder", "--steps", "1", "--text-drop", "1.5", "--out", str(tmp_path / "m")])
