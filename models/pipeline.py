@@ -186,6 +186,7 @@ class UnclipPipeline:
         sampling: SamplingConfig | None = None,
         *,
         text: TextEncoding | None = None,
+        image_embeds: torch.Tensor | None = None,
         progress: ProgressCallback | None = None,
         canceled: CancelCheck | None = None,
     ) -> GenerationOutput:
@@ -193,9 +194,19 @@ class UnclipPipeline:
 
         ``text`` holds one row per request (e.g. from a cache); ``canceled`` is polled every
         step and the rows of canceled requests are dropped at the next stage boundary.
+        ``image_embeds`` (``[len(requests) x D]``, unit norm) replaces the prior: each request is
+        decoded from its given CLIP image embedding (the paper's image variations, Sec. 3.1, and
+        the evaluator's way to score the decoder apart from the prior).
         """
         sampling = sampling or self.config.sampling
         chain = stages_for_size(size)
+        if image_embeds is not None:
+            if tuple(image_embeds.shape) != (len(requests), self.config.prior.embed_dim):
+                raise ValueError(
+                    f"image_embeds must be [{len(requests)} x {self.config.prior.embed_dim}], "
+                    f"got {list(image_embeds.shape)}"
+                )
+            chain = tuple(stage for stage in chain if stage != "prior")
         timings: dict[str, float] = {}
         # One row per image: (request index, image index within the request).
         rows = [(i, j) for i, request in enumerate(requests) for j in range(request.n)]
@@ -221,6 +232,8 @@ class UnclipPipeline:
             hook("clip")(1, 1)
             x: torch.Tensor | None = None
             image_embed: torch.Tensor | None = None
+            if image_embeds is not None:
+                image_embed = image_embeds.to(self.device, torch.float32)[[i for i, _ in rows]]  # [R x D]
             for stage in chain:
                 rows, keep = self._drop_canceled(rows, dropped)
                 if not rows:

@@ -27,6 +27,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--out", type=Path, default=Path("out/evaluate"), help="writes grid.png, report.json, report.md"
     )
+    p.add_argument(
+        "--image-embeddings",
+        choices=["prior", "rendered"],
+        default="prior",
+        help="what the decoder is given: the prior's samples (the real chain), or the CLIP image "
+        "embeddings of the held-out renders (scores the decoder and upsamplers without the prior)",
+    )
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     add_sampling_arguments(p)
     p.set_defaults(func=run)
@@ -53,6 +60,7 @@ def run(args: argparse.Namespace) -> int:
         seed=args.seed,
         progress=not args.quiet,
         out_dir=args.out,
+        image_embeddings=args.image_embeddings,
     )
     print(report.to_markdown())
     print(f"wrote {args.out / 'grid.png'}, report.json and report.md", file=sys.stderr)

@@ -11,6 +11,10 @@ Three measures, as the shapes-world issue asks:
 
 Prompt ``i`` of the held-out set is generated once with seed ``seed + i``, so a report does not
 depend on the batch size.
+
+With ``image_embeddings="rendered"`` the prior is skipped and each prompt is decoded from the CLIP
+image embedding of its own held-out render: the figures then measure the decoder and upsamplers
+alone, which tells whether the prior or the decoder loses an attribute.
 """
 
 from __future__ import annotations
@@ -21,7 +25,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import torch
@@ -38,6 +42,7 @@ BAR: dict[str, float] = {"color": 0.95, "shape": 0.90, "size": 0.90, "position":
 HELDOUT_SEED = 0  # the world seed whose held-out set is the evaluation set
 GRID_IMAGES = 32
 EMBED_BATCH = 16
+ImageEmbeddings = Literal["prior", "rendered"]
 
 
 @dataclass
@@ -57,6 +62,7 @@ class EvaluationReport:
     seconds_per_image: float  # generation wall time / n
     stage_seconds: dict[str, float]  # total seconds per stage over the whole run
     device: str = "cpu"
+    image_embeddings: str = "prior"  # what the decoder was given: the prior's samples or the renders'
     grid: str | None = None
     meta: dict[str, Any] = field(default_factory=dict)
 
@@ -77,8 +83,10 @@ class EvaluationReport:
         return json.dumps(self.to_dict(), indent=2)
 
     def to_markdown(self) -> str:
+        source = "" if self.image_embeddings == "prior" else ", decoded from the renders' CLIP embeddings"
         lines = [
-            f"### Evaluation: {self.n} held-out prompts at {self.size}×{self.size} ({self.model_id}, {self.device})",
+            f"### Evaluation: {self.n} held-out prompts at {self.size}×{self.size} "
+            f"({self.model_id}, {self.device}{source})",
             "",
             "| measure | value |",
             "|---|---|",
@@ -140,8 +148,10 @@ def generate_images(
     batch_size: int = 8,
     seed: int = 0,
     progress: bool = True,
+    image_embeds: torch.Tensor | None = None,
 ) -> tuple[list[np.ndarray], dict[str, float], float]:
-    """One image per prompt (prompt ``i`` with seed ``seed + i``), with a tqdm bar over batches.
+    """One image per prompt (prompt ``i`` with seed ``seed + i``), with a tqdm bar over batches;
+    ``image_embeds`` (one row per prompt) replaces the prior's samples.
 
     Returns the uint8 ``[size x size x 3]`` images, the seconds spent per stage, and the wall time.
     """
@@ -157,7 +167,10 @@ def generate_images(
     for first in bar:
         batch = prompts[first : first + batch_size]
         requests = [GenerationRequest(prompt, n=1, seed=seed + first + k) for k, prompt in enumerate(batch)]
-        output = pipeline.generate(requests, size, sampling, progress=on_step if progress else None)
+        embeds = None if image_embeds is None else image_embeds[first : first + batch_size]
+        output = pipeline.generate(
+            requests, size, sampling, image_embeds=embeds, progress=on_step if progress else None
+        )
         for request_images in output.images:
             assert request_images is not None  # nothing is canceled here
             images.append(request_images[0])
@@ -176,23 +189,34 @@ def evaluate(
     seed: int = 0,
     progress: bool = True,
     out_dir: str | Path | None = None,
+    image_embeddings: ImageEmbeddings = "prior",
 ) -> EvaluationReport:
     """Generate the first ``n`` held-out prompts at ``size`` and score them.
 
     ``sampling`` defaults to the model's own defaults. With ``out_dir``, writes ``grid.png`` (the
     first :data:`GRID_IMAGES` images, captioned), ``report.json`` and ``report.md`` there.
+    ``image_embeddings="rendered"`` decodes from the renders' CLIP embeddings instead of the prior's.
     """
     if n < 2:
         raise ValueError("evaluate needs n >= 2 (the Fréchet distance fits a covariance)")
     sampling = sampling or pipeline.config.sampling
     heldout = _heldout(HELDOUT_SEED, n, size)
+    if image_embeddings not in ("prior", "rendered"):
+        raise ValueError(f"image_embeddings must be 'prior' or 'rendered', not {image_embeddings!r}")
     prompts = [example.caption for example in heldout]
+    rendered_emb = embed_images(pipeline, [example.image for example in heldout])  # [n x D]
     images, stage_seconds, wall = generate_images(
-        pipeline, prompts, size, sampling, batch_size=batch_size, seed=seed, progress=progress
+        pipeline,
+        prompts,
+        size,
+        sampling,
+        batch_size=batch_size,
+        seed=seed,
+        progress=progress,
+        image_embeds=rendered_emb if image_embeddings == "rendered" else None,
     )
     adherence_report = adherence(images, [parse_caption(prompt) for prompt in prompts])
     generated_emb = embed_images(pipeline, images)  # [n x D]
-    rendered_emb = embed_images(pipeline, [example.image for example in heldout])  # [n x D]
     report = EvaluationReport(
         model_id=pipeline.model_id,
         n=n,
@@ -207,6 +231,7 @@ def evaluate(
         seconds_per_image=wall / n,
         stage_seconds=stage_seconds,
         device=str(pipeline.device),
+        image_embeddings=image_embeddings,
         meta={"seed": seed, "batch_size": batch_size, "heldout_seed": HELDOUT_SEED},
     )
     if out_dir is not None:

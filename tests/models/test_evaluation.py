@@ -190,6 +190,19 @@ def test_evaluate_end_to_end_random_tiny(tmp_path: Path) -> None:
     assert "R-precision" in (tmp_path / "report.md").read_text()
 
 
+def test_evaluate_decodes_rendered_embeddings(tmp_path: Path) -> None:
+    from models.evaluation.evaluate import evaluate
+    from models.pipeline import load_pipeline
+
+    pipeline = load_pipeline("random:tiny")
+    report = evaluate(pipeline, n=2, size=64, sampling=FAST, progress=False, image_embeddings="rendered")
+    assert report.image_embeddings == "rendered"
+    assert set(report.stage_seconds) == {"clip", "decoder"}  # no prior
+    assert "decoded from the renders' CLIP embeddings" in report.to_markdown()
+    with pytest.raises(ValueError, match="image_embeddings"):
+        evaluate(pipeline, n=2, size=64, sampling=FAST, progress=False, image_embeddings="truth")  # type: ignore[arg-type]
+
+
 def _parser() -> argparse.ArgumentParser:
     from models.evaluation.cli import register
 
@@ -215,6 +228,8 @@ def test_cli_sampling_overrides() -> None:
         ]
     )
     assert args.n == 200 and args.size == 256 and args.batch_size == 8
+    assert args.image_embeddings == "prior"
+    assert _parser().parse_args(["evaluate", "--image-embeddings", "rendered"]).image_embeddings == "rendered"
     sampling = sampling_from_args(args, SamplingConfig())
     assert sampling.decoder == StageSampling(steps=7, guidance=1.5, sampler="ddpm")
     assert sampling.prior.sampler == "ddim" and sampling.prior.steps == SamplingConfig().prior.steps

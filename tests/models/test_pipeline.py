@@ -71,6 +71,22 @@ def test_seed_reproduces_across_batch_compositions(pipeline: UnclipPipeline) -> 
     assert other is not None and np.abs(alone[0].astype(int) - other[0].astype(int)).mean() > 0.5
 
 
+def test_image_embeds_replace_the_prior(pipeline: UnclipPipeline) -> None:
+    """Decoding from given embeddings skips the prior; given the prior's own samples it reproduces
+    the whole chain's images."""
+    requests = [GenerationRequest("a purple triangle", seed=1), GenerationRequest("an orange circle", seed=2)]
+    chain = pipeline.generate(requests, 64, FAST)
+    text = pipeline.encode_text([r.prompt for r in requests])
+    rows = [(0, 0), (1, 0)]
+    embeds = pipeline._sample_prior(requests, rows, text, FAST.prior, lambda step, total: None)
+    given = pipeline.generate(requests, 64, FAST, image_embeds=embeds)
+    assert set(given.timings) == {"clip", "decoder"}
+    for x, y in zip(chain.images, given.images, strict=True):
+        assert x is not None and y is not None and np.array_equal(x, y)
+    with pytest.raises(ValueError, match="image_embeds"):
+        pipeline.generate(requests, 64, FAST, image_embeds=embeds[:1])
+
+
 def test_precomputed_text_equals_encoding_inside(pipeline: UnclipPipeline) -> None:
     requests = [GenerationRequest("a purple triangle", seed=1), GenerationRequest("an orange circle", seed=2)]
     text = pipeline.encode_text([r.prompt for r in requests])
