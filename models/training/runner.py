@@ -70,6 +70,7 @@ def train_stage(
     result = trainer.run()
     if not result.interrupted:
         notes = _notes(result, train)
+        notes["recipe"].update(_condition_drops(config, stage))
         if init_from is not None:
             notes["init_from"] = str(init_from)
         export_stage(out_dir, config, stage, trainer.averaged_state_dict(), notes=notes)
@@ -121,6 +122,19 @@ def _notes(result: TrainResult, train: TrainConfig) -> dict[str, Any]:
         if k in ("batch_size", "lr", "ema_decay", "seed", "loss_weighting")
     }
     return {**result.as_notes(), "recipe": recipe}
+
+
+def _condition_drops(config: ModelConfig, stage: StageName) -> dict[str, float]:
+    """The classifier-free-guidance drop rates a stage trained with. They live in the model config,
+    which ``unclip assemble`` replaces, so the notes keep them."""
+    if stage == "decoder":
+        return {
+            "clip_drop_prob": config.decoder.clip_drop_prob,
+            "text_drop_prob": config.decoder.text_drop_prob,
+        }
+    if stage == "prior":
+        return {"text_drop_prob": config.prior.text_drop_prob}
+    return {}
 
 
 def export_stage(

@@ -260,6 +260,7 @@ def test_init_from_fine_tunes_and_keeps_new_paths_fresh(clip_dir: Path, tmp_path
     )
     notes = json.loads(read_manifest(tmp_path / "new").notes or "{}")
     assert notes["decoder"]["init_from"] == str(tmp_path / "old")
+    assert notes["decoder"]["recipe"]["text_drop_prob"] == POOLED_CONFIG.decoder.text_drop_prob
     assert notes["clip"] == {"copied_from": str(tmp_path / "old")}
     copied, source = load_stage_state(tmp_path / "new", "clip"), load_stage_state(clip_dir, "clip")
     assert copied.keys() == source.keys()
