@@ -91,6 +91,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "normalization statistics match sampling, see models/training/RECIPE.md)",
     )
     parser.add_argument(
+        "--high-noise-fraction",
+        type=float,
+        help="diffusion stages: the fraction of examples whose timestep is drawn from the noisiest "
+        "tenth of the schedule, where sampling starts and only the conditions say where the object "
+        "goes (default: the recipe's)",
+    )
+    parser.add_argument(
         "--text-drop",
         type=float,
         help="decoder: probability of dropping the caption (default: the config's, the paper's "
@@ -114,6 +121,8 @@ def run(args: argparse.Namespace) -> int:
             sr256=replace(config.sr256, crop_fraction=args.crop_fraction),
             sr1024=replace(config.sr1024, crop_fraction=args.crop_fraction),
         )
+    if args.high_noise_fraction is not None and not 0.0 <= args.high_noise_fraction <= 1.0:
+        raise SystemExit("unclip train: --high-noise-fraction must be in [0, 1]")
     if args.text_drop is not None:
         if not 0.0 <= args.text_drop <= 1.0:
             raise SystemExit("unclip train: --text-drop must be in [0, 1]")
@@ -132,6 +141,7 @@ def run(args: argparse.Namespace) -> int:
             batch_size=args.batch_size,
             lr=args.lr,
             seed=args.seed,
+            high_noise_fraction=args.high_noise_fraction,
         )
         for stage in stages
     }

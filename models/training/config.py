@@ -40,6 +40,9 @@ class TrainConfig:
     # Hang et al. 2023's min(SNR, gamma) / SNR for epsilon prediction.
     loss_weighting: LossWeighting = "uniform"
     min_snr_gamma: float = 5.0
+    # Diffusion stages: this fraction of examples draws its timestep from the noisiest tenth of
+    # the schedule instead of uniformly (models.training.stages.sample_timesteps).
+    high_noise_fraction: float = 0.0
     # Upsamplers: of this many random crop positions keep the busiest (highest pixel variance),
     # so that crops land on the object rather than on flat background. 1 = plain random crops.
     crop_candidates: int = 1

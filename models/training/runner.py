@@ -119,7 +119,7 @@ def _notes(result: TrainResult, train: TrainConfig) -> dict[str, Any]:
     recipe = {
         k: v
         for k, v in asdict(train).items()
-        if k in ("batch_size", "lr", "ema_decay", "seed", "loss_weighting")
+        if k in ("batch_size", "lr", "ema_decay", "seed", "loss_weighting", "high_noise_fraction")
     }
     return {**result.as_notes(), "recipe": recipe}
 

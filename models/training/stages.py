@@ -239,7 +239,9 @@ class _DiffusionTask(_Task):
         self, x_start: torch.Tensor, model_kwargs: dict[str, Any], generator: torch.Generator
     ) -> tuple[torch.Tensor, dict[str, float]]:
         n = x_start.shape[0]
-        t = torch.randint(0, self.diffusion.num_timesteps, (n,), generator=generator).to(self.device)  # [N]
+        t = sample_timesteps(
+            n, self.diffusion.num_timesteps, self.ctx.train.high_noise_fraction, generator
+        ).to(self.device)  # [N]
         noise = torch.randn(x_start.shape, generator=generator).to(self.device)  # like x_start
         terms = self.diffusion.training_losses(
             self.module, x_start, t, model_kwargs=model_kwargs, noise=noise
@@ -251,6 +253,28 @@ class _DiffusionTask(_Task):
             # as min(SNR, gamma) in x0 units; the variational term (learned sigma) is unchanged.
             loss = loss - terms["mse"] + self.snr_weight[t] * terms["mse"]
         return loss.mean(), metrics
+
+
+HIGH_NOISE_SPAN = 0.1  # the noisiest tenth of the schedule
+
+
+def sample_timesteps(
+    n: int, num_timesteps: int, high_noise_fraction: float, generator: torch.Generator
+) -> torch.Tensor:
+    """[N] training timesteps: uniform, except that each row is drawn from the noisiest
+    :data:`HIGH_NOISE_SPAN` of the schedule with probability ``high_noise_fraction``.
+
+    Sampling starts from pure noise, where the network's prediction can come only from its
+    conditions; uniform draws put 2.5% of examples in the top 2.5% of the schedule, and the
+    decoder learned to place objects from its conditions there last (models/training/RECIPE.md).
+    """
+    t = torch.randint(0, num_timesteps, (n,), generator=generator)  # [N]
+    if high_noise_fraction > 0:
+        low = num_timesteps - max(1, round(HIGH_NOISE_SPAN * num_timesteps))
+        noisy = torch.randint(low, num_timesteps, (n,), generator=generator)  # [N]
+        pick = torch.rand(n, generator=generator) < high_noise_fraction  # [N]
+        t = torch.where(pick, noisy, t)
+    return t
 
 
 def _snr(diffusion: Any) -> np.ndarray:

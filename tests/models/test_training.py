@@ -206,3 +206,22 @@ def test_paired_crops_cover_the_same_region() -> None:
     crop, low_crop = paired_random_crop(target, low, 0.25, torch.Generator().manual_seed(3), candidates=3)
     assert crop.shape == (2, 3, 8, 8) and low_crop.shape == (2, 3, 2, 2)
     assert torch.equal(crop[:, :, ::4, ::4], low_crop)
+
+
+def test_high_noise_fraction_moves_timesteps_to_the_noisy_end() -> None:
+    from models.training.stages import sample_timesteps
+
+    def draw(fraction: float, seed: int = 0) -> torch.Tensor:
+        return sample_timesteps(20_000, 1000, fraction, torch.Generator().manual_seed(seed))
+
+    # 0 is the plain uniform draw, unchanged (runs without the option replay exactly).
+    torch.testing.assert_close(
+        draw(0.0), torch.randint(0, 1000, (20_000,), generator=torch.Generator().manual_seed(0))
+    )
+    assert torch.equal(draw(0.5), draw(0.5)) and not torch.equal(draw(0.5), draw(0.5, seed=1))
+    everything = draw(1.0)
+    assert int(everything.min()) >= 900 and int(everything.max()) <= 999
+    half = draw(0.5)
+    assert int(half.min()) >= 0 and int(half.max()) <= 999
+    # Half from [900, 1000) plus the uniform half's tenth: 55% of draws at t >= 900.
+    assert abs(float((half >= 900).float().mean()) - 0.55) < 0.02

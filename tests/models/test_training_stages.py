@@ -275,8 +275,9 @@ def test_cli_init_from_needs_one_stage(tmp_path: Path) -> None:
         main(["--all", "--steps", "1", "--init-from", str(tmp_path), "--out", str(tmp_path / "m")])
 
 
-def test_cli_text_drop_is_a_probability(tmp_path: Path) -> None:
+@pytest.mark.parametrize("flag", ["--text-drop", "--high-noise-fraction"])
+def test_cli_fractions_are_probabilities(flag: str, tmp_path: Path) -> None:
     from models.training.cli import main
 
-    with pytest.raises(SystemExit, match="text-drop"):
-        main(["--stage", "decoder", "--steps", "1", "--text-drop", "1.5", "--out", str(tmp_path / "m")])
+    with pytest.raises(SystemExit, match=flag.lstrip("-")):
+        main(["--stage", "decoder", "--steps", "1", flag, "1.5", "--out", str(tmp_path / "m")])
