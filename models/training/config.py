@@ -62,7 +62,11 @@ def _tiny() -> dict[StageName, TrainConfig]:
         # v-prediction with a uniform weight on v is an x0 weight of SNR + 1 >= 1: the noisy
         # timesteps, where sampling from pure noise decides color and layout, keep full weight
         # (min-SNR would give them SNR << 1).
-        "decoder": TrainConfig(batch_size=16, lr=1e-3, warmup_steps=100, ema_decay=0.999),
+        # Half the examples at the noisiest tenth of the schedule, where sampling starts and only
+        # the conditions can place the object (RECIPE.md, section 7).
+        "decoder": TrainConfig(
+            batch_size=16, lr=1e-3, warmup_steps=100, ema_decay=0.999, high_noise_fraction=0.5
+        ),
         "sr256": TrainConfig(batch_size=16, lr=1e-3, warmup_steps=100, ema_decay=0.995, crop_candidates=4),
         "sr1024": TrainConfig(batch_size=4, lr=1e-3, warmup_steps=50, ema_decay=0.99, crop_candidates=4),
     }

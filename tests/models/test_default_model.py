@@ -23,10 +23,11 @@ MAX_FILE_BYTES = 16 * 1024 * 1024
 # ~0.5 s at 64x64 and ~2 s at 256x256 on an AVX-512 Xeon, ~1.2 s and ~3.7 s on an AVX2 EPYC).
 ADHERENCE_PROMPTS = 32
 # What the shipped weights must keep on those prompts, a few images under what they score.
-# At 64x64 (the decoder's own output) they score color 100%, shape 41%, size 94%, position 34%
-# (chance 17%, 25%, 50%, 11%); at 256x256 color and size reach the bar, shape and position do not.
-FLOORS_AT_64PX = {"color": 0.9, "shape": 0.3, "size": 0.85, "position": 0.25}
-FLOORS_AT_256PX = {"color": 0.9, "size": 0.85}
+# At 64x64 (the decoder's own output) they score color 100%, shape 47%, size 94%, position 41%
+# (chance 17%, 25%, 50%, 11%); at 256x256 color 97%, shape 44%, size 94%, position 41%: color and
+# size reach the bar, shape and position do not.
+FLOORS_AT_64PX = {"color": 0.9, "shape": 0.35, "size": 0.85, "position": 0.3}
+FLOORS_AT_256PX = {"color": 0.9, "shape": 0.3, "size": 0.85, "position": 0.3}
 
 
 @pytest.fixture(scope="module")
@@ -70,7 +71,7 @@ def test_bundled_model_keeps_its_measured_adherence_at_64px() -> None:
 
 
 @pytest.mark.slow
-def test_bundled_model_keeps_color_and_size_at_256px(report_at_256px: EvaluationReport) -> None:
+def test_bundled_model_keeps_its_measured_adherence_at_256px(report_at_256px: EvaluationReport) -> None:
     """The 64->256 upsampler keeps what the decoder drew (it shifted flat colors before its
     whole-image training)."""
     for attribute, floor in FLOORS_AT_256PX.items():
