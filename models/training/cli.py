@@ -100,8 +100,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--text-drop",
         type=float,
-        help="decoder: probability of dropping the caption (default: the config's, the paper's "
-        "0.5). The CLIP embedding is still dropped 10%% of the time independently, and both "
+        help="decoder: probability of dropping the caption (default: the config's: 0.2 for tiny, "
+        "the paper's 0.5 for paper). The CLIP embedding is still dropped 10%% of the time independently, and both "
         "together are the unconditional half of classifier-free guidance",
     )
 
