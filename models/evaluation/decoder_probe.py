@@ -4,7 +4,7 @@ Sampling starts from pure noise, so the first steps' x0 predictions can place th
 from the conditions: the CLIP image embedding and the caption. :func:`placement_probe` noises the
 held-out renders to a few timesteps near the end of the schedule (fixed noise), asks the decoder
 for x0 under four condition sets, and counts how often the 3×3 cell with the most object mass
-(absolute difference from the render's background) is the render's own cell. Chance is 1/9.
+(absolute difference from the render's background color) is the render's own cell. Chance is 1/9.
 
 - ``both``: the render's own CLIP image embedding and its caption (what training teaches);
 - ``caption``: the caption alone (embedding dropped); ``embedding``: the embedding alone;
@@ -20,11 +20,10 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-import numpy as np
 import torch
 
-from models.data.shapes import POSITIONS, ShapesWorld
-from models.evaluation.evaluate import HELDOUT_SEED, embed_images
+from models.data.shapes import BACKGROUNDS, POSITIONS, ShapesWorld
+from models.evaluation.evaluate import HELDOUT_SEED, embed_images, to_model_input
 from models.factory import create_stage_diffusion
 from models.pipeline import UnclipPipeline
 
@@ -73,13 +72,6 @@ def object_cell(image: torch.Tensor, background: torch.Tensor) -> str:
     return _CELL_NAMES[(best % 3, best // 3)]
 
 
-def _border_median(image: torch.Tensor) -> torch.Tensor:
-    """[3] per-channel median of the outermost pixels of a [3 x H x W] render: its background (a
-    large object in a corner cell can cover the corner pixel itself, never most of the border)."""
-    border = torch.cat([image[:, 0], image[:, -1], image[:, :, 0], image[:, :, -1]], dim=1)  # [3 x 2(H+W)]
-    return border.median(dim=1).values
-
-
 @torch.no_grad()
 def placement_probe(
     pipeline: UnclipPipeline,
@@ -92,14 +84,17 @@ def placement_probe(
     config = pipeline.config
     side = config.decoder.unet.image_size
     held = ShapesWorld(HELDOUT_SEED).heldout(n, size=side)
-    pixels = np.stack([example.image for example in held])  # [N x H x W x 3]
-    x_start = torch.from_numpy(pixels).permute(0, 3, 1, 2).float() / 127.5 - 1.0  # [N x 3 x H x W]
+    x_start = to_model_input([example.image for example in held])  # [N x 3 x H x W]
+    specs = [example.spec for example in held if example.spec is not None]
+    assert len(specs) == n, "held-out examples come from the world and carry their specs"
+    backgrounds = (
+        torch.tensor([BACKGROUNDS[spec.background] for spec in specs]).float() / 127.5 - 1.0
+    )  # [N x 3]
     text = pipeline.encode_text([example.caption for example in held]).to(pipeline.device)
     embed = embed_images(pipeline, [example.image for example in held]).to(pipeline.device)  # [N x D]
     noise = torch.randn(x_start.shape, generator=torch.Generator().manual_seed(seed))
     diffusion = create_stage_diffusion("decoder", config)
-    network = pipeline.networks["decoder"]
-    dtype = next(network.parameters()).dtype
+    network, dtype = pipeline.networks["decoder"], pipeline.dtype
     accuracy: dict[int, dict[str, float]] = {}
     for t in timesteps:
         if not 0 <= t < diffusion.num_timesteps:
@@ -121,10 +116,8 @@ def placement_probe(
                 x0 = diffusion.p_mean_variance(
                     network, x_t.to(dtype), steps.to(pipeline.device), model_kwargs=kwargs
                 )["pred_xstart"].cpu()  # [B x 3 x H x W]
-                for k, example in enumerate(held[rows]):
-                    assert example.spec is not None
-                    background = _border_median(x_start[rows.start + k])
-                    hits[name] += object_cell(x0[k], background) == example.spec.position
+                for k, spec in enumerate(specs[rows]):
+                    hits[name] += object_cell(x0[k], backgrounds[rows.start + k]) == spec.position
         accuracy[int(t)] = {name: hits[name] / n for name in CONDITIONS}
     return PlacementProbe(accuracy=accuracy, n=n)
 

@@ -112,8 +112,9 @@ class EvaluationReport:
         return "\n".join(lines) + "\n"
 
 
-def _to_clip_input(images: Sequence[np.ndarray]) -> torch.Tensor:
-    """uint8 ``[H x W x 3]`` images → ``[N x 3 x H x W]`` floats in [-1, 1] (CLIP resizes them itself)."""
+def to_model_input(images: Sequence[np.ndarray]) -> torch.Tensor:
+    """uint8 ``[H x W x 3]`` images → ``[N x 3 x H x W]`` floats in [-1, 1], the range every stage
+    works in (CLIP resizes them itself)."""
     return torch.from_numpy(np.stack(images)).permute(0, 3, 1, 2).float() / 127.5 - 1.0
 
 
@@ -121,7 +122,7 @@ def _to_clip_input(images: Sequence[np.ndarray]) -> torch.Tensor:
 def embed_images(pipeline: UnclipPipeline, images: Sequence[np.ndarray]) -> torch.Tensor:
     """CLIP image embeddings ``[N x D]`` (unit norm) of uint8 images, in batches of ``EMBED_BATCH``."""
     chunks = [
-        pipeline.clip.encode_image(_to_clip_input(images[i : i + EMBED_BATCH]).to(pipeline.device))
+        pipeline.clip.encode_image(to_model_input(images[i : i + EMBED_BATCH]).to(pipeline.device))
         .float()
         .cpu()
         for i in range(0, len(images), EMBED_BATCH)
@@ -199,10 +200,10 @@ def evaluate(
     """
     if n < 2:
         raise ValueError("evaluate needs n >= 2 (the Fréchet distance fits a covariance)")
-    sampling = sampling or pipeline.config.sampling
-    heldout = _heldout(HELDOUT_SEED, n, size)
     if image_embeddings not in ("prior", "rendered"):
         raise ValueError(f"image_embeddings must be 'prior' or 'rendered', not {image_embeddings!r}")
+    sampling = sampling or pipeline.config.sampling
+    heldout = _heldout(HELDOUT_SEED, n, size)
     prompts = [example.caption for example in heldout]
     rendered_emb = embed_images(pipeline, [example.image for example in heldout])  # [n x D]
     images, stage_seconds, wall = generate_images(
