@@ -2,6 +2,7 @@
 
     unclip train --stage clip|prior|decoder|sr256|sr1024 [--config tiny] [--steps N | --minutes M]
                  [--batch-size B] [--lr LR] [--device cpu|cuda] [--seed S] [--data-dir DIR] --out DIR
+                 [--threads T] [--replicas N]
     unclip train --all [--minutes TOTAL | --steps N] ... --out DIR
 
 Restarting the same command resumes from ``<out>/checkpoints/<stage>.pt``. With ``--all``,
@@ -98,6 +99,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "goes (default: the recipe's)",
     )
     parser.add_argument(
+        "--replicas",
+        type=int,
+        default=1,
+        help="train data-parallel in this many processes that average their gradients every step, "
+        "each with --threads threads (default 1) and its own batch of --batch-size, so a step sees "
+        "N times the examples. CPU only: two one-thread replicas use both cores without OpenMP "
+        "barriers between them (models/training/RECIPE.md, section 8, has the measured rates)",
+    )
+    parser.add_argument(
         "--text-drop",
         type=float,
         help="decoder: probability of dropping the caption (default: the config's: 0.2 for tiny, "
@@ -145,7 +155,17 @@ def run(args: argparse.Namespace) -> int:
         )
         for stage in stages
     }
-    common = {"source": source, "device": args.device, "show_progress": not args.no_progress}
+    if args.replicas < 1:
+        raise SystemExit("unclip train: --replicas must be at least 1")
+    if args.replicas > 1 and args.device != "cpu":
+        raise SystemExit("unclip train: --replicas is for CPU cores; one process already fills a GPU")
+    common = {
+        "source": source,
+        "device": args.device,
+        "show_progress": not args.no_progress,
+        "replicas": args.replicas,
+        "threads_per_replica": args.threads or 1,
+    }
     if args.all:
         results = train_all(config, trains, args.out, **common)
     else:

@@ -15,6 +15,10 @@ restarted with the same command continues bit-for-bit like an uninterrupted one 
 machine and thread count). A ``--minutes`` budget counts training time across restarts; its
 learning-rate schedule follows the fraction of the budget spent, so only step-bounded runs are
 exactly reproducible.
+
+Data-parallel replicas (:mod:`models.training.replicas`) run this same loop in several processes:
+each reads its own stream, their gradients are averaged before the optimizer step, and they agree
+before every step on stopping and on the time spent, so all take the same steps.
 """
 
 from __future__ import annotations
@@ -37,6 +41,7 @@ from tqdm.auto import tqdm
 
 from models.training.config import TrainConfig
 from models.training.ema import EMA
+from models.training.replicas import CONTINUE, DONE, INTERRUPTED, Replica
 from models.training.state import (
     atomic_torch_save,
     checkpoint_path,
@@ -122,14 +127,19 @@ class Trainer:
         device: str | torch.device = "cpu",
         show_progress: bool = True,
         evaluate: Callable[[nn.Module], dict[str, float]] | None = None,
+        replica: Replica | None = None,
     ):
         if cfg.steps is None and cfg.minutes is None:
             raise ValueError("give a budget: steps, minutes or both")
         self.task, self.cfg = task, cfg
         self.out_dir = Path(out_dir)
         self.device = torch.device(device)
-        self.show_progress = show_progress
-        self.evaluate = evaluate
+        # Data-parallel replicas (models.training.replicas): only the leader shows progress,
+        # logs, evaluates and saves; all of them train.
+        self.replica = replica or Replica()
+        self.show_progress = show_progress and self.replica.leader
+        self.evaluate = evaluate if self.replica.leader else None
+        self.data_seed = self.replica.data_seed(cfg.seed)
         self.module = task.module.to(self.device)
         self.optimizer = build_optimizer(self.module, cfg)
         self.ema = EMA(self.module, cfg.ema_decay).to(self.device)
@@ -184,22 +194,24 @@ class Trainer:
         set_rng_states(state["rng"])
 
     def save(self) -> None:
-        atomic_torch_save(self.state_dict(), self.path)
+        if self.replica.leader:
+            atomic_torch_save(self.state_dict(), self.path)
 
     def resume(self) -> bool:
         state = load_checkpoint(self.path)
         if state is None:
             return False
         self.load_state_dict(state)
-        log.info("resumed", stage=self.task.stage, step=self.step, elapsed_s=round(self.elapsed, 1))
+        if self.replica.leader:
+            log.info("resumed", stage=self.task.stage, step=self.step, elapsed_s=round(self.elapsed, 1))
         return True
 
     # -- the loop -------------------------------------------------------------------------------
     def train_step(self) -> tuple[float, dict[str, float]]:
         """One optimizer step on batch ``self.step``; returns the loss and the task's metrics."""
         cfg, stage = self.cfg, self.task.stage
-        torch.manual_seed(derive_seed(cfg.seed, stage, "global", self.step))
-        generator = step_generator(cfg.seed, stage, self.step)
+        torch.manual_seed(derive_seed(self.data_seed, stage, "global", self.step))
+        generator = step_generator(self.data_seed, stage, self.step)
         for group in self.optimizer.param_groups:
             group["lr"] = learning_rate(cfg, self.step, self.progress())
         self.module.train()
@@ -207,6 +219,7 @@ class Trainer:
         loss, metrics = self.task.loss(batch, generator)
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
+        self.replica.average_gradients(self.module)
         if cfg.grad_clip:
             metrics["grad_norm"] = float(
                 torch.nn.utils.clip_grad_norm_(self.module.parameters(), cfg.grad_clip)
@@ -215,12 +228,13 @@ class Trainer:
         self.task.after_step()
         self.ema.update(self.module)
         self.step += 1
-        self.examples += self.task.batch_size
+        self.examples += self.task.batch_size * self.replica.world
         return float(loss.detach()), metrics
 
     def run(self) -> TrainResult:
         """Train until the budget is spent (or SIGINT / SIGTERM), checkpointing on the way and at the end."""
         self.resume()
+        self.replica.broadcast_module(self.module)  # identical starts, however each got its weights
         smoother, last_loss = _Smoother(), None
         window_start, window_examples = time.perf_counter(), 0
         last_save_step, last_save_time = self.step, time.perf_counter()
@@ -234,16 +248,18 @@ class Trainer:
         )
         interrupted = False
         with self._signals_stop(), bar:
-            while not self.done():
-                if self._stop.is_set():
-                    interrupted = True
+            while True:
+                wanted = INTERRUPTED if self._stop.is_set() else DONE if self.done() else CONTINUE
+                state, self.elapsed = self.replica.agree(wanted, self.elapsed)
+                if state != CONTINUE:
+                    interrupted = state == INTERRUPTED
                     break
                 started = time.perf_counter()
                 loss, metrics = self.train_step()
                 self.elapsed += time.perf_counter() - started
                 last_loss = loss
                 smooth = smoother.add(loss)
-                window_examples += self.task.batch_size
+                window_examples += self.task.batch_size * self.replica.world
                 rate = window_examples / max(1e-9, time.perf_counter() - window_start)
                 bar.update(1)
                 bar.set_postfix(loss=f"{smooth:.4f}", ex_s=f"{rate:.1f}", refresh=False)
@@ -260,7 +276,7 @@ class Trainer:
                     self.save()
                     last_save_step, last_save_time = self.step, time.perf_counter()
         if self.step != last_save_step or not self.path.exists():
-            self.save()
+            self.save()  # the leader's; the others' weights are the same
         metrics_out = self._evaluate()
         return TrainResult(
             stage=self.task.stage,
@@ -295,6 +311,8 @@ class Trainer:
         return metrics
 
     def _log(self, loss: float, smooth: float, rate: float, metrics: dict[str, float]) -> None:
+        if not self.replica.leader:
+            return
         record = {
             "stage": self.task.stage,
             "step": self.step,

@@ -9,7 +9,7 @@ training state for resuming and ``<out>/logs/<stage>.jsonl`` the training logs. 
 from __future__ import annotations
 
 import json
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +20,7 @@ from models.checkpoints import WeightsError, load_into, load_stage_state, read_m
 from models.configs import STAGES, ModelConfig, StageName
 from models.training.config import TrainConfig
 from models.training.loop import Trainer, TrainResult
+from models.training.replicas import Replica, run_replicas
 from models.training.stages import StageContext, create_task
 
 log = structlog.get_logger("models.training")
@@ -38,6 +39,8 @@ def train_stage(
     device: str = "cpu",
     show_progress: bool = True,
     init_from: str | Path | None = None,
+    replicas: int = 1,
+    threads_per_replica: int = 1,
 ) -> TrainResult:
     """Train (or resume) one stage to its budget and export its EMA weights into ``out_dir``.
 
@@ -45,6 +48,10 @@ def train_stage(
     a fresh initialisation (fine-tuning); a checkpoint in ``out_dir`` still wins (resume). The prior
     and the decoder read a frozen CLIP: when ``out_dir`` has none, ``init_from``'s is copied in
     first, since those weights were trained against it.
+
+    ``replicas`` > 1 trains data-parallel in that many processes of ``threads_per_replica``
+    threads each (:mod:`models.training.replicas`); every replica takes a batch of
+    ``train.batch_size``, so a step sees ``replicas`` times as many examples.
     """
     out_dir = Path(out_dir)
     if init_from is not None and stage in CLIP_READERS and not (out_dir / "clip.safetensors").exists():
@@ -56,23 +63,57 @@ def train_stage(
             notes={"copied_from": str(init_from)},
         )
         log.info("copied the frozen CLIP", stage=stage, source=str(init_from))
+    if replicas < 1:
+        raise ValueError("replicas must be at least 1")
+    job = (stage, config, train, out_dir, source, device, show_progress, init_from)
+    if replicas == 1:
+        return _train_replica(Replica(), *job)
+    result: TrainResult = run_replicas(_train_replica, replicas, *job, threads=threads_per_replica)
+    return result
+
+
+def _train_replica(
+    replica: Replica,
+    stage: StageName,
+    config: ModelConfig,
+    train: TrainConfig,
+    out_dir: Path,
+    source: Any,
+    device: str,
+    show_progress: bool,
+    init_from: str | Path | None,
+) -> TrainResult:
+    """One process's part of :func:`train_stage` (all of it for a one-process run)."""
+    # Each replica's task reads its own data stream; the initial weights come from train.seed.
+    task_train = replace(train, seed=replica.data_seed(train.seed))
     ctx = StageContext(
-        config=config, train=train, source=source, out_dir=out_dir, device=torch.device(device)
+        config=config, train=task_train, source=source, out_dir=out_dir, device=torch.device(device)
     )
     torch.manual_seed(train.seed)  # the initial weights
     task = create_task(stage, ctx)
     if init_from is not None:
         fresh = init_from_weights(task.module, init_from, stage)
-        log.info("initialised from weights", stage=stage, source=str(init_from), fresh_tensors=fresh)
+        if replica.leader:
+            log.info("initialised from weights", stage=stage, source=str(init_from), fresh_tensors=fresh)
     trainer = Trainer(
-        task, train, out_dir, device=device, show_progress=show_progress, evaluate=task.evaluate
+        task,
+        train,
+        out_dir,
+        device=device,
+        show_progress=show_progress,
+        evaluate=task.evaluate,
+        replica=replica,
     )
     result = trainer.run()
+    if not replica.leader:
+        return result
     if not result.interrupted:
         notes = _notes(result, train)
         notes["recipe"].update(_condition_drops(config, stage))
         if init_from is not None:
             notes["init_from"] = str(init_from)
+        if replica.distributed:
+            notes["recipe"]["replicas"] = replica.world
         export_stage(out_dir, config, stage, trainer.averaged_state_dict(), notes=notes)
     log.info("stage done", **{k: v for k, v in asdict(result).items() if k != "metrics"})
     return result
@@ -102,12 +143,22 @@ def train_all(
     source: Any,
     device: str = "cpu",
     show_progress: bool = True,
+    replicas: int = 1,
+    threads_per_replica: int = 1,
 ) -> list[TrainResult]:
     """clip → prior → decoder → sr256 → sr1024, each resumed from its checkpoint if there is one."""
     results = []
     for stage in STAGES:
         result = train_stage(
-            stage, config, trains[stage], out_dir, source=source, device=device, show_progress=show_progress
+            stage,
+            config,
+            trains[stage],
+            out_dir,
+            source=source,
+            device=device,
+            show_progress=show_progress,
+            replicas=replicas,
+            threads_per_replica=threads_per_replica,
         )
         results.append(result)
         if result.interrupted:

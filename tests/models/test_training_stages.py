@@ -281,3 +281,43 @@ def test_cli_fractions_are_probabilities(flag: str, tmp_path: Path) -> None:
 
     with pytest.raises(SystemExit, match=flag.lstrip("-")):
         main(["--stage", "decoder", "--steps", "1", flag, "1.5", "--out", str(tmp_path / "m")])
+
+
+def test_decoder_trains_data_parallel_in_two_replicas(clip_dir: Path, tmp_path: Path) -> None:
+    """The real decoder task in two gloo replicas: one weights export by replica 0, with the
+    examples of both and the replica count in its notes."""
+    import shutil
+
+    from models.training.runner import train_stage
+
+    shutil.copytree(clip_dir, tmp_path, dirs_exist_ok=True)  # the CLIP the decoder reads
+    recipe = replace(RECIPE, batch_size=2, steps=3)
+    result = train_stage(
+        "decoder", CONFIG, recipe, tmp_path, source=ShapesSource(), show_progress=False, replicas=2
+    )
+    assert result.steps == 3 and result.examples == 3 * 2 * 2 and not result.interrupted
+    notes = json.loads(read_manifest(tmp_path).notes or "{}")
+    assert notes["decoder"]["examples"] == 12 and notes["decoder"]["recipe"]["replicas"] == 2
+    assert set(read_manifest(tmp_path).stages) == {"clip", "decoder"}
+
+
+def test_cli_replicas_are_for_the_cpu(tmp_path: Path) -> None:
+    from models.training.cli import main
+
+    with pytest.raises(SystemExit, match="replicas"):
+        main(["--stage", "decoder", "--steps", "1", "--replicas", "0", "--out", str(tmp_path / "m")])
+    with pytest.raises(SystemExit, match="replicas"):
+        main(
+            [
+                "--stage",
+                "decoder",
+                "--steps",
+                "1",
+                "--replicas",
+                "2",
+                "--device",
+                "cuda",
+                "--out",
+                str(tmp_path),
+            ]
+        )
