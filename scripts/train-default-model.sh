@@ -11,8 +11,8 @@
 #   lane 1: clip (16 min) -> decoder (90 min)
 #   lane 2: sr256 (30 min) -> prior (10 min, once CLIP is done) -> sr1024 (8 min)
 # The upsamplers never see CLIP, so they need not wait for it. When lane 2 is done, the decoder
-# is stopped (it checkpoints) and resumed with two threads for the rest of its 90 minutes of
-# training time. Each lane writes its own directory; `unclip assemble` combines them into
+# is stopped (it checkpoints) and resumed as two one-thread data-parallel replicas (`--replicas
+# 2`, RECIPE.md section 8) for the rest of its 90 minutes of training time. Each lane writes its own directory; `unclip assemble` combines them into
 # OUT_DIR/model. Then sr256 gets 12 more minutes on whole images. About 118 minutes of wall time.
 # Every stage resumes from its checkpoint, so rerunning after an interruption continues.
 # TRAIN_SCALE=0.02 scales every budget (a two-minute smoke run of the whole script).
@@ -36,12 +36,12 @@ lane_clip_decoder() {
     train clip 16 "$OUT/clip"
     "$UNCLIP" assemble "$OUT/clip" --out "$OUT/decoder" >/dev/null
     # One thread until lane 2 is done and stops it (exit 130, with a checkpoint); then the rest
-    # with two threads. A real failure of the first run shows again in the second.
+    # as two one-thread replicas. A real failure of the first run shows again in the second.
     train decoder 90 "$OUT/decoder" 1 &
     echo $! >"$OUT/decoder.pid"
     wait "$(cat "$OUT/decoder.pid")" || true
     rm -f "$OUT/decoder.pid"
-    train decoder 90 "$OUT/decoder" 2
+    train decoder 90 "$OUT/decoder" 1 --replicas 2
 }
 
 lane_upsamplers_prior() {
@@ -58,7 +58,7 @@ first=$!
 lane_upsamplers_prior &
 second=$!
 wait "$second"
-if [ -f "$OUT/decoder.pid" ]; then  # the decoder resumes with two threads
+if [ -f "$OUT/decoder.pid" ]; then  # the decoder resumes as two replicas
     pid=$(cat "$OUT/decoder.pid")  # the subshell running train(), or unclip itself if bash exec'd it
     pkill -TERM -P "$pid" 2>/dev/null || kill -TERM "$pid" 2>/dev/null || true
 fi
