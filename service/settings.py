@@ -52,6 +52,11 @@ class Settings(BaseSettings):
     webhook_timeout_s: float = Field(default=5.0, gt=0, le=60)
     webhook_max_attempts: int = Field(default=6, ge=1, le=20)
     webhook_backoff_s: float = Field(default=0.5, gt=0, le=60)
+    webhook_allow_private: bool = Field(
+        default=False,
+        description="let webhooks reach loopback, private and link-local addresses (receivers on your "
+        "own network); off, only public addresses are POSTed to (service/webhook_targets.py)",
+    )
     # -- HTTP ---------------------------------------------------------------------------------
     max_body_bytes: int = Field(default=64 * 1024, ge=1024)
     log_level: str = "INFO"

@@ -133,6 +133,7 @@ def _start_threads(
                 timeout_s=settings.webhook_timeout_s,
                 max_attempts=settings.webhook_max_attempts,
                 backoff_s=settings.webhook_backoff_s,
+                allow_private=settings.webhook_allow_private,
                 stop=stop,
             )
         )

@@ -31,6 +31,7 @@ from rq.job import Job
 from service.jobs import JobStore, Keys
 from service.metrics import WorkerMetrics
 from service.schemas import JobStatus
+from service.webhook_targets import refusal_after_dns
 from workers.tasks import GenerationTask
 
 log = logging.getLogger("unclip.webhooks")
@@ -86,6 +87,7 @@ class WebhookSender(threading.Thread):
         backoff_s: float,
         stop: threading.Event,
         concurrency: int = 4,
+        allow_private: bool = False,
     ):
         super().__init__(name="webhook-sender", daemon=True)
         self.connection = connection
@@ -96,6 +98,7 @@ class WebhookSender(threading.Thread):
         self.max_attempts = max_attempts
         self.backoff_s = backoff_s
         self.stop_event = stop
+        self.allow_private = allow_private
         self._slots = threading.BoundedSemaphore(concurrency)
         self._pool = ThreadPoolExecutor(max_workers=concurrency, thread_name_prefix="webhook")
         self._client = httpx.Client(timeout=timeout_s, follow_redirects=False)
@@ -133,12 +136,20 @@ class WebhookSender(threading.Thread):
             self._slots.release()
 
     def deliver(self, delivery: dict[str, Any]) -> bool:
-        """POST until a 2xx, a non-retryable answer, or ``max_attempts``; True when delivered."""
+        """POST until a 2xx, a non-retryable answer, or ``max_attempts``; True when delivered.
+
+        A target that is not a public address (checked before every attempt, with a fresh DNS
+        lookup) is not POSTed to, unless ``allow_private`` (service/webhook_targets.py).
+        """
         for attempt in range(self.max_attempts):
             if attempt:
                 delay = self.backoff_s * 2 ** (attempt - 1) * (1 + random.random() / 4)
                 if self.stop_event.wait(delay):
                     return False
+            refusal = None if self.allow_private else refusal_after_dns(delivery["url"])
+            if refusal is not None:
+                log.warning("webhook %s not sent: %s", delivery["id"], refusal)
+                return False
             status = self._post(delivery)
             if status is not None and 200 <= status < 300:
                 return True

@@ -12,6 +12,7 @@ from service.deps import IdempotencyKeyDep, JobDep, MetricsDep, SettingsDep, Sto
 from service.errors import ApiError
 from service.jobs import public_status
 from service.schemas import ErrorResponse, GenerateRequest, JobPublic, JobStatus, JobStatusResponse
+from service.webhook_targets import refusal_without_dns
 
 router = APIRouter(tags=["generations"])
 _ERRORS: dict[int | str, dict[str, Any]] = {
@@ -33,6 +34,10 @@ def submit(
         raise ApiError(
             422, "webhooks_disabled", "webhooks need UNCLIP_WEBHOOK_SECRET set on the server", "webhook"
         )
+    if body.webhook is not None and not settings.webhook_allow_private:
+        refusal = refusal_without_dns(str(body.webhook))
+        if refusal is not None:
+            raise ApiError(422, "webhook_not_allowed", refusal, "webhook")
     submission = store.submit_request(body, key)
     response.headers["Location"] = f"/jobs/{submission.job.id}"
     if submission.replayed:

@@ -9,6 +9,7 @@ from typing import Any
 
 import pytest
 from fastapi.testclient import TestClient
+from pydantic import SecretStr
 
 from service.main import create_app
 from service.settings import Settings
@@ -177,6 +178,32 @@ def test_webhooks_need_a_configured_secret(client: TestClient) -> None:
         "webhooks_disabled",
     )
     assert error["param"] == "webhook"
+
+
+@pytest.mark.parametrize(
+    "target",
+    [
+        "http://169.254.169.254/latest/meta-data/",
+        "http://127.0.0.1:9101/metrics",
+        "http://localhost:6379/",
+        "http://10.0.0.7/hook",
+        "http://[::1]/hook",
+        "http://[::ffff:192.168.1.1]/hook",
+    ],
+)
+def test_webhooks_to_private_addresses_are_refused(settings: Settings, target: str) -> None:
+    webhooks_on = settings.model_copy(update={"webhook_secret": SecretStr("k" * 32)})
+    with TestClient(create_app(webhooks_on)) as client:
+        error = assert_error(client.post("/generate", json={"prompt": "a", "webhook": target}), 422)
+        assert error["code"] == "webhook_not_allowed" and error["param"] == "webhook"
+        # A public address is queued; so is anything once the operator allows private networks.
+        assert (
+            client.post("/generate", json={"prompt": "a", "webhook": "https://93.184.215.14/h"}).status_code
+            == 202
+        )
+    allowed = webhooks_on.model_copy(update={"webhook_allow_private": True})
+    with TestClient(create_app(allowed)) as client:
+        assert client.post("/generate", json={"prompt": "a", "webhook": target}).status_code == 202
 
 
 def test_health_ready_and_metrics(client: TestClient) -> None:

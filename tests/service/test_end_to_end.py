@@ -43,6 +43,7 @@ def settings(tmp_path_factory: pytest.TempPathFactory) -> Settings:
         max_wait_ms=200,
         webhook_secret=SECRET,
         webhook_backoff_s=0.2,
+        webhook_allow_private=True,  # the test receiver listens on 127.0.0.1
     )
 
 

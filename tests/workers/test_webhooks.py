@@ -54,6 +54,7 @@ def sender(redis_url: str, queue_name: str) -> Iterator[WebhookSender]:
         max_attempts=4,
         backoff_s=0.01,
         stop=stop,
+        allow_private=True,  # the test receivers listen on 127.0.0.1
     )
     stop.set()
     redis.close()
@@ -98,3 +99,13 @@ def test_close_hands_unfinished_deliveries_back(sender: WebhookSender, redis_url
     assert redis.lrange(sender.outbox, 0, -1) == [b"pending"]
     assert redis.llen(sender.inflight) == 0
     redis.close()
+
+
+def test_private_targets_are_not_posted_to_unless_allowed(sender: WebhookSender, receiver: str) -> None:
+    """The receiver listens on 127.0.0.1: refused by default (no POST), delivered when allowed."""
+    sender.allow_private = False
+    assert not sender.deliver(delivery(receiver))
+    assert not sender.deliver(delivery(receiver.replace("127.0.0.1", "localhost")))
+    assert Script.bodies == []
+    sender.allow_private = True
+    assert sender.deliver(delivery(receiver)) and len(Script.bodies) == 1

@@ -1,0 +1,58 @@
+"""service.webhook_targets: which webhook URLs may be POSTed to."""
+
+from __future__ import annotations
+
+import pytest
+
+from service.webhook_targets import refusal_after_dns, refusal_without_dns
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "http://127.0.0.1/h",
+        "http://127.8.9.10:8080/h",
+        "http://localhost/h",
+        "http://LOCALHOST./h",
+        "http://10.1.2.3/h",
+        "http://172.16.0.1/h",
+        "http://192.168.0.10/h",
+        "http://169.254.169.254/latest/meta-data/",
+        "http://100.64.0.1/h",  # carrier-grade NAT
+        "http://0.0.0.0/h",
+        "http://224.0.0.1/h",
+        "http://[::1]/h",
+        "http://[fd00::1]/h",
+        "http://[fe80::1]/h",
+        "http://[::ffff:10.0.0.1]/h",
+    ],
+)
+def test_non_public_literals_are_refused_without_dns(url: str) -> None:
+    assert refusal_without_dns(url) is not None
+    assert refusal_after_dns(url) is not None
+
+
+@pytest.mark.parametrize(
+    "url", ["https://93.184.215.14/h", "http://[2606:4700::1111]/h", "https://example.com/h"]
+)
+def test_public_literals_and_names_pass_the_submit_check(url: str) -> None:
+    assert refusal_without_dns(url) is None
+
+
+def test_names_are_judged_by_what_they_resolve_to(monkeypatch: pytest.MonkeyPatch) -> None:
+    import socket
+
+    answers = {"internal.example.com": "10.0.0.5", "public.example.com": "93.184.215.14"}
+    real = socket.getaddrinfo
+
+    def getaddrinfo(host: str, *args: object, **kwargs: object) -> list:  # type: ignore[type-arg]
+        if host in answers:  # what a DNS server would answer for these names
+            return [(socket.AF_INET, socket.SOCK_STREAM, 6, "", (answers[host], 443))]
+        return real(host, *args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(socket, "getaddrinfo", getaddrinfo)
+    assert refusal_without_dns("https://internal.example.com/h") is None  # the API cannot tell
+    assert "10.0.0.5" in (refusal_after_dns("https://internal.example.com/h") or "")
+    assert refusal_after_dns("https://public.example.com/h") is None
+    # A name that does not resolve now is left to the POST, which fails and is retried.
+    assert refusal_after_dns("http://no-such-host.invalid/h") is None
