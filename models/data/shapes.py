@@ -75,6 +75,14 @@ POSITION_JITTER = 0.03  # the box centre is the cell centre + U(-j, j) on each a
 STAR_INNER_RATIO = 0.45
 CANVAS = 1024  # the world's native resolution; other sides are the same picture resized
 
+_ATTRIBUTE_VALUES: dict[str, tuple[str, ...]] = {
+    "background": tuple(BACKGROUNDS),
+    "color": tuple(COLORS),
+    "shape": SHAPES,
+    "size": tuple(SIZES),
+    "position": tuple(POSITIONS),
+}
+
 OMIT_PROB = 0.15  # each of size, position and background is left out of a caption this often
 TEMPLATES: tuple[str, ...] = (
     "canonical",  # a small red circle in the top left on a white background
@@ -380,6 +388,28 @@ def with_attribute(spec: ShapeSpec, attribute: str, value: str) -> ShapeSpec:
     return dataclasses.replace(spec, **{attribute: value})
 
 
+def swap_twin(
+    spec: ShapeSpec, attribute: str, rng: np.random.Generator, size: int
+) -> tuple[Example, Example]:
+    """``spec`` and its twin with ``attribute`` changed (every jitter kept), rendered at ``size``
+    and captioned in full with one template: a pair that only ``attribute`` tells apart.
+
+    In a contrastive batch the twin is a hard negative for exactly that attribute; random
+    captions almost always differ in several attributes, so a CLIP can score well while ignoring
+    one (``models.evaluation.clip_probe``).
+    """
+    values = [v for v in _ATTRIBUTE_VALUES[attribute] if v != getattr(spec, attribute)]
+    twin = with_attribute(spec, attribute, values[int(rng.integers(len(values)))])
+    template = TEMPLATES[int(rng.choice(len(TEMPLATES), p=TEMPLATE_WEIGHTS))]
+    pair = []
+    for member in (spec, twin):
+        named = {a: getattr(member, a) for a in ("color", "shape", "size", "position", "background")}
+        pair.append(
+            Example(render(member, size), compose_caption(template, CaptionAttributes(**named)), member)
+        )
+    return pair[0], pair[1]
+
+
 # -- the world -------------------------------------------------------------------------------------
 class ShapesWorld:
     """A deterministic, endless, random-access stream of captioned pictures, and a held-out set.
@@ -438,6 +468,10 @@ class ShapesWorld:
     def heldout(self, n: int = 200, size: int = 256) -> list[Example]:
         """The fixed evaluation set: captions name color, shape, size, position and background."""
         return [Example(render(spec, size), caption, spec) for spec, caption in self.heldout_specs(n)]
+
+    def is_heldout_caption(self, caption: str) -> bool:
+        """Whether ``caption`` is one of the held-out captions kept out of training."""
+        return caption in self._heldout_captions()
 
     def _heldout_captions(self) -> frozenset[str]:
         if self._excluded is None:

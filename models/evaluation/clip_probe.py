@@ -9,7 +9,9 @@ decoder is told, so an attribute the embedding does not separate is one the deco
 value of that attribute with all else (jitters included) fixed, captions each in full, and counts
 how often each caption's own picture is the nearest of its group (text → image) and each
 picture's own caption the nearest (image → text). Chance is 1 / (number of values): 1/6 for
-color, 1/4 shape, 1/2 size, 1/9 position.
+color, 1/4 shape, 1/2 size, 1/9 position. Position is also scored by axis (``position_row``:
+the retrieved picture is in the right row, ``position_column``: the right column; chance 1/3
+each), since a CLIP can tell left from right long before it tells top from bottom.
 """
 
 from __future__ import annotations
@@ -38,6 +40,12 @@ SWAP_VALUES: dict[str, tuple[str, ...]] = {
     "shape": SHAPES,
     "size": tuple(SIZES),
     "position": tuple(POSITIONS),
+}
+
+# The axes of the position grid: which row and which column each position name is in.
+POSITION_AXES: dict[str, dict[str, int]] = {
+    "row": {name: 0 if "top" in name else 2 if "bottom" in name else 1 for name in POSITIONS},
+    "column": {name: 0 if "left" in name else 2 if "right" in name else 1 for name in POSITIONS},
 }
 
 ImageEncoder = Callable[[torch.Tensor], torch.Tensor]  # [N x 3 x H x W] in [-1, 1] -> [N x D] unit
@@ -89,6 +97,11 @@ def attribute_swap_retrieval(
         own = torch.arange(len(values))
         image_to_text[attribute] = float((similarity.argmax(2) == own).float().mean())
         text_to_image[attribute] = float((similarity.argmax(1) == own).float().mean())
+        if attribute == "position":
+            for axis, index in POSITION_AXES.items():
+                of = torch.tensor([index[v] for v in values])  # [V] the axis index of each value
+                image_to_text[f"position_{axis}"] = float((of[similarity.argmax(2)] == of).float().mean())
+                text_to_image[f"position_{axis}"] = float((of[similarity.argmax(1)] == of).float().mean())
     return SwapRetrieval(text_to_image=text_to_image, image_to_text=image_to_text, groups=groups)
 
 
@@ -120,9 +133,11 @@ def main(argv: list[str] | None = None) -> int:
     )
     print(f"| attribute | chance | text → image | image → text |  ({args.groups} groups, {args.weights})")
     print("|---|---:|---:|---:|")
-    for attribute, values in SWAP_VALUES.items():
+    chances = {attribute: 1 / len(values) for attribute, values in SWAP_VALUES.items()}
+    chances.update({f"position_{axis}": 1 / 3 for axis in POSITION_AXES})
+    for attribute, chance in chances.items():
         t2i, i2t = result.text_to_image[attribute], result.image_to_text[attribute]
-        print(f"| {attribute} | {1 / len(values):.0%} | {t2i:.0%} | {i2t:.0%} |")
+        print(f"| {attribute} | {chance:.0%} | {t2i:.0%} | {i2t:.0%} |")
     return 0
 
 

@@ -99,6 +99,19 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "goes (default: the recipe's)",
     )
     parser.add_argument(
+        "--swap-twins",
+        type=float,
+        help="clip on the shapes world: this fraction of each batch becomes pairs of pictures that "
+        "differ in one attribute only (--swap-attributes), captioned in full: hard negatives for an "
+        "attribute in-batch retrieval lets a CLIP ignore (default: 0)",
+    )
+    parser.add_argument(
+        "--swap-attributes",
+        nargs="+",
+        choices=["position", "shape", "color", "size", "background"],
+        help="the attributes --swap-twins changes, one drawn per pair (default: position)",
+    )
+    parser.add_argument(
         "--replicas",
         type=int,
         default=1,
@@ -152,11 +165,15 @@ def run(args: argparse.Namespace) -> int:
             lr=args.lr,
             seed=args.seed,
             high_noise_fraction=args.high_noise_fraction,
+            swap_twins=args.swap_twins,
+            swap_attributes=tuple(args.swap_attributes) if args.swap_attributes else None,
         )
         for stage in stages
     }
     if args.replicas < 1:
         raise SystemExit("unclip train: --replicas must be at least 1")
+    if args.swap_twins is not None and not 0.0 <= args.swap_twins <= 1.0:
+        raise SystemExit("unclip train: --swap-twins must be in [0, 1]")
     if args.replicas > 1 and args.device != "cpu":
         raise SystemExit("unclip train: --replicas is for CPU cores; one process already fills a GPU")
     common = {

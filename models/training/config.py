@@ -46,6 +46,10 @@ class TrainConfig:
     # Upsamplers: of this many random crop positions keep the busiest (highest pixel variance),
     # so that crops land on the object rather than on flat background. 1 = plain random crops.
     crop_candidates: int = 1
+    # CLIP on the shapes world: this fraction of each batch is replaced by twins of other examples
+    # in it, each with one of ``swap_attributes`` changed (hard negatives, models.data.shapes.swap_twin).
+    swap_twins: float = 0.0
+    swap_attributes: tuple[str, ...] = ("position",)
     # Data stream: batches are read in blocks of this many from one seeded stream each, so a
     # resume re-reads at most one block to find its place.
     block_batches: int = 50

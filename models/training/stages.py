@@ -31,6 +31,7 @@ from torch import nn
 from models.checkpoints import WeightsError, load_stage_into
 from models.clip import build_clip_model, encode_images, encode_text_tokens, get_tokenizer
 from models.configs import ModelConfig, StageName
+from models.data.shapes import swap_twin
 from models.data.source import ShapesSource, torch_batch
 from models.evaluation.clip_probe import attribute_swap_retrieval
 from models.factory import create_stage_diffusion, create_stage_module, stage_diffusion_config
@@ -123,6 +124,29 @@ class ClipTask(_Task):
         self.module = module if module is not None else create_stage_module("clip", ctx.config)
         self.tokenizer = get_tokenizer(ctx.config.clip)
         self.clip_loss = ClipLoss()
+
+    def batch(self, step: int, generator: torch.Generator) -> dict[str, torch.Tensor]:
+        examples = self.stream.batch(step)
+        if self.ctx.train.swap_twins > 0 and isinstance(self.ctx.source, ShapesSource):
+            examples = self._with_twins(examples, generator)
+        images, captions = torch_batch(examples)
+        return self.make_batch(images.to(self.device), captions, generator)
+
+    def _with_twins(self, examples: list[Any], generator: torch.Generator) -> list[Any]:
+        """The first ``swap_twins / 2`` of the batch become (example, twin) pairs that differ in
+        one attribute of ``swap_attributes``, replacing the last examples; held-out captions are
+        still kept out (such a pair is skipped)."""
+        train, world = self.ctx.train, self.ctx.source.world
+        rng = np.random.default_rng(int(torch.randint(2**31, (1,), generator=generator)))
+        out = list(examples)
+        pairs = int(train.swap_twins * len(out)) // 2
+        for i in range(pairs):
+            attribute = train.swap_attributes[int(rng.integers(len(train.swap_attributes)))]
+            first, twin = swap_twin(out[i].spec, attribute, rng, self.stream.size)
+            if world.is_heldout_caption(first.caption) or world.is_heldout_caption(twin.caption):
+                continue
+            out[i], out[len(out) - 1 - i] = first, twin
+        return out
 
     def make_batch(
         self, images: torch.Tensor, captions: list[str], generator: torch.Generator

@@ -48,7 +48,7 @@ def _oracle_texts(captions: list[str]) -> torch.Tensor:
 
 def test_an_encoder_that_reads_the_attributes_scores_everything() -> None:
     result = attribute_swap_retrieval(_oracle_images, _oracle_texts, groups=6, seed=3)
-    assert set(result.text_to_image) == set(SWAP_VALUES)
+    assert set(result.text_to_image) == {*SWAP_VALUES, "position_row", "position_column"}
     assert all(v == 1.0 for v in result.text_to_image.values()), result
     assert all(v == 1.0 for v in result.image_to_text.values()), result
     assert result.to_metrics()["held_swap_position_t2i"] == 1.0
@@ -81,6 +81,7 @@ def test_random_clip_is_near_chance(clip_model: torch.nn.Module) -> None:
     for scores in _score(clip_model):
         for attribute, values in SWAP_VALUES.items():
             assert scores[attribute] < 1 / len(values) + 0.3, (attribute, scores)
+        assert scores["position_row"] < 1 / 3 + 0.3 and scores["position_column"] < 1 / 3 + 0.3, scores
 
 
 def test_bundled_clip_separates_color_and_size(clip_model: torch.nn.Module) -> None:
@@ -97,4 +98,11 @@ def test_command_prints_the_table(capsys: pytest.CaptureFixture[str]) -> None:
 
     assert main(["--groups", "4"]) == 0
     rows = [line for line in capsys.readouterr().out.splitlines() if line.startswith("| ")]
-    assert [r.split(" | ")[0] for r in rows[1:]] == ["| color", "| shape", "| size", "| position"]
+    assert [r.split(" | ")[0] for r in rows[1:]] == [
+        "| color",
+        "| shape",
+        "| size",
+        "| position",
+        "| position_row",
+        "| position_column",
+    ]

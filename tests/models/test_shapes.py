@@ -31,6 +31,7 @@ from models.data.shapes import (
     parse_caption,
     render,
     sample_spec,
+    swap_twin,
 )
 from models.data.source import DataSource, FolderSource, ShapesSource, torch_batch
 
@@ -303,3 +304,21 @@ def test_folder_source_errors(tmp_path: Path) -> None:
     (tmp_path / "lonely.txt").write_text("   \n")
     with pytest.raises(ValueError, match="empty"):
         FolderSource(tmp_path)
+
+
+@pytest.mark.parametrize("attribute", ATTRIBUTES)
+def test_swap_twins_differ_in_one_attribute_and_say_so(attribute: str) -> None:
+    from models.evaluation.analysis import analyze
+
+    rng = np.random.default_rng(3)
+    for _ in range(12):
+        spec = sample_spec(rng)
+        first, twin = swap_twin(spec, attribute, rng, 64)
+        assert first.spec == spec and twin.spec is not None
+        changed = {a for a in ATTRIBUTES if getattr(twin.spec, a) != getattr(spec, a)}
+        assert changed == {attribute}
+        for example in (first, twin):  # captions name all five, and the pictures show them
+            assert _attributes(parse_caption(example.caption)) == _attributes(example.spec)
+            assert _attributes(analyze(example.image)) == _attributes(example.spec)
+        # The pair is told apart by its captions too (one template for both).
+        assert first.caption != twin.caption

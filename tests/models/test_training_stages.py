@@ -321,3 +321,32 @@ def test_cli_replicas_are_for_the_cpu(tmp_path: Path) -> None:
                 str(tmp_path),
             ]
         )
+
+
+def test_clip_batches_carry_swap_twins(tmp_path: Path) -> None:
+    """With swap_twins 0.5 the first quarter of a CLIP batch and the last quarter, reversed, are
+    pairs that differ in position only, and the rest is the plain stream."""
+    from models.data.shapes import parse_caption
+
+    recipe = replace(RECIPE, batch_size=16, swap_twins=0.5)
+    ctx = StageContext(CONFIG, recipe, ShapesSource(), tmp_path, torch.device("cpu"))
+    task = create_task("clip", ctx)
+    plain = create_task("clip", replace(ctx, train=replace(recipe, swap_twins=0.0)))
+    generator = torch.Generator().manual_seed(0)
+    batch = task.batch(3, generator)
+    stream = task.stream.batch(3)
+    captions = [example.caption for example in stream]
+    tokens = task.tokenizer(captions)
+    assert torch.equal(batch["tokens"][4:12], tokens[4:12])  # untouched middle
+    assert torch.equal(plain.batch(3, torch.Generator().manual_seed(0))["tokens"], tokens)
+    pairs = 0
+    for i in range(4):
+        first = parse_caption(task.tokenizer.decode(batch["tokens"][i].tolist()))
+        twin = parse_caption(task.tokenizer.decode(batch["tokens"][15 - i].tolist()))
+        differ = {
+            a
+            for a in ("color", "shape", "size", "position", "background")
+            if getattr(first, a) != getattr(twin, a)
+        }
+        pairs += differ == {"position"}
+    assert pairs == 4
