@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Train the default model's recipe (`tiny`) from scratch on two CPU cores. The shipped weights in
-# models/default_weights are this script's first run plus three fine-tunes (README, "What the
-# bundled model is"); the recipe has changed since its first run (pooled text, the decoder's
-# caption drop and high-noise timesteps), and has not been run end to end since.
+# models/default_weights are this script's first run plus four rounds of fine-tuning (README,
+# "What the bundled model is"); the recipe has changed since its first run (pooled text, the
+# decoder's caption drop and high-noise timesteps, CLIP's position-swap twins), and has not been
+# run end to end since.
 #
 #   bash scripts/train-default-model.sh [OUT_DIR]      (default: runs/default)
 #
