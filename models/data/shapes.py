@@ -96,7 +96,7 @@ TEMPLATES: tuple[str, ...] = (
 TEMPLATE_WEIGHTS: tuple[float, ...] = (0.35, 0.13, 0.13, 0.13, 0.13, 0.13)
 
 HELDOUT_EXCLUDED = 200  # this many held-out captions are kept out of every training stream
-_TRAIN_STREAM, _HELDOUT_STREAM, _REDRAW = 0x7A1, 0x4E1D, 0xD4A
+_TRAIN_STREAM, _HELDOUT_STREAM, _REDRAW, _SHAPE_PICK = 0x7A1, 0x4E1D, 0xD4A, 0x5A9E
 
 
 # -- specs -----------------------------------------------------------------------------------------
@@ -411,32 +411,63 @@ def swap_twin(
 
 
 # -- the world -------------------------------------------------------------------------------------
+def shape_probabilities(weights: dict[str, float]) -> np.ndarray:
+    """[len(SHAPES)] draw probabilities from relative weights by shape name (absent shapes: 0)."""
+    unknown = set(weights) - set(SHAPES)
+    if unknown:
+        raise ValueError(f"unknown shapes {sorted(unknown)}; expected some of {SHAPES}")
+    values = np.array([float(weights.get(shape, 0.0)) for shape in SHAPES])
+    if (values < 0).any() or not np.isfinite(values).all() or values.sum() <= 0:
+        raise ValueError(f"shape weights must be finite, non-negative and not all zero: {weights}")
+    return values / values.sum()
+
+
 class ShapesWorld:
     """A deterministic, endless, random-access stream of captioned pictures, and a held-out set.
 
     :param seed: the world seed; training streams and the held-out set both derive from it.
     :param exclude_heldout: this many held-out captions never appear in training examples.
+    :param shape_weights: relative frequencies of the shapes in the training streams (default:
+        uniform), for a recipe that shows a model more of the shapes it draws worst. The held-out
+        set is always uniform.
     """
 
-    def __init__(self, seed: int = 0, exclude_heldout: int = HELDOUT_EXCLUDED):
+    def __init__(
+        self,
+        seed: int = 0,
+        exclude_heldout: int = HELDOUT_EXCLUDED,
+        shape_weights: dict[str, float] | None = None,
+    ):
         self.seed = int(seed)
         self.exclude_heldout = int(exclude_heldout)
+        self.shape_weights = dict(shape_weights) if shape_weights else None
+        self._shape_probs = shape_probabilities(shape_weights) if shape_weights else None
         self._excluded: frozenset[str] | None = None
 
     def __repr__(self) -> str:
-        return f"ShapesWorld(seed={self.seed}, exclude_heldout={self.exclude_heldout})"
+        weights = f", shape_weights={self.shape_weights}" if self.shape_weights else ""
+        return f"ShapesWorld(seed={self.seed}, exclude_heldout={self.exclude_heldout}{weights})"
+
+    def _training_shape(self, *key: int) -> str | None:
+        """The shape of a training example when the world is weighted, else ``None`` (drawn by
+        :func:`sample_spec`). A generator of its own makes the pick, so a weighted stream differs
+        from the plain one in its shapes only."""
+        if self._shape_probs is None:
+            return None
+        pick = np.random.default_rng([self.seed, _TRAIN_STREAM, *key, _SHAPE_PICK])
+        return SHAPES[int(pick.choice(len(SHAPES), p=self._shape_probs))]
 
     # Training ------------------------------------------------------------------------------------
     def spec_and_caption(self, index: int, stream: int = 0) -> tuple[ShapeSpec, str]:
         """Training example ``index`` of ``stream`` before rendering; depends on nothing else."""
         rng = np.random.default_rng([self.seed, _TRAIN_STREAM, stream, index])
-        spec = sample_spec(rng)
+        spec = sample_spec(rng, shape=self._training_shape(stream, index))
         caption, _ = caption_for(spec, rng)
         redraw = 0
         while caption in self._heldout_captions():  # keep the evaluation prompts out of training
             redraw += 1
             rng = np.random.default_rng([self.seed, _TRAIN_STREAM, stream, index, _REDRAW, redraw])
-            spec = sample_spec(rng)
+            spec = sample_spec(rng, shape=self._training_shape(stream, index, _REDRAW, redraw))
             caption, _ = caption_for(spec, rng)
         return spec, caption
 

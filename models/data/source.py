@@ -36,11 +36,20 @@ class ShapesSource:
     ``world_seed``, the world the evaluation set comes from.
     """
 
-    def __init__(self, world_seed: int = 0, exclude_heldout: int = HELDOUT_EXCLUDED):
-        self.world = ShapesWorld(world_seed, exclude_heldout=exclude_heldout)
+    def __init__(
+        self,
+        world_seed: int = 0,
+        exclude_heldout: int = HELDOUT_EXCLUDED,
+        shape_weights: dict[str, float] | None = None,
+    ):
+        self.world = ShapesWorld(world_seed, exclude_heldout=exclude_heldout, shape_weights=shape_weights)
 
     def __repr__(self) -> str:
         return f"ShapesSource({self.world!r})"
+
+    def with_shape_weights(self, shape_weights: dict[str, float] | None) -> ShapesSource:
+        """The same world with its training streams' shapes drawn by ``shape_weights``."""
+        return ShapesSource(self.world.seed, self.world.exclude_heldout, shape_weights)
 
     def examples(self, size: int, seed: int) -> Iterator[Example]:
         return self.world.examples(size, stream=seed)

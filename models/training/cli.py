@@ -121,12 +121,43 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "barriers between them (models/training/RECIPE.md, section 8, has the measured rates)",
     )
     parser.add_argument(
+        "--shape-weights",
+        nargs="+",
+        metavar="SHAPE=WEIGHT",
+        help="the shapes world: relative frequencies of the shapes in training examples, e.g. "
+        "circle=1 square=2 triangle=3 star=4 (unnamed shapes: 0; default: uniform). The bundled "
+        "decoder's last fine-tune showed it more of the shapes it drew worst (models/training/RECIPE.md, "
+        "section 10); the held batch and the evaluation set stay uniform",
+    )
+    parser.add_argument(
         "--text-drop",
         type=float,
         help="decoder: probability of dropping the caption (default: the config's: 0.2 for tiny, "
         "the paper's 0.5 for paper). The CLIP embedding is still dropped 10%% of the time independently, and both "
         "together are the unconditional half of classifier-free guidance",
     )
+
+
+def _parse_shape_weights(items: list[str] | None) -> tuple[tuple[str, float], ...] | None:
+    """``["star=4", "circle=1"]`` → ``(("star", 4.0), ("circle", 1.0))``, checked; None when not given."""
+    from models.data.shapes import shape_probabilities
+
+    if not items:
+        return None
+    pairs = []
+    for item in items:
+        name, sep, value = item.partition("=")
+        try:
+            pairs.append((name.strip(), float(value)))
+        except ValueError:
+            raise SystemExit(f"unclip train: --shape-weights wants SHAPE=WEIGHT, not {item!r}") from None
+        if not sep:
+            raise SystemExit(f"unclip train: --shape-weights wants SHAPE=WEIGHT, not {item!r}")
+    try:
+        shape_probabilities(dict(pairs))
+    except ValueError as error:
+        raise SystemExit(f"unclip train: --shape-weights: {error}") from None
+    return tuple(pairs)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -152,6 +183,9 @@ def run(args: argparse.Namespace) -> int:
         config = replace(config, decoder=replace(config.decoder, text_drop_prob=args.text_drop))
     if args.init_from and args.all:
         raise SystemExit("unclip train: --init-from works with --stage, not --all")
+    shape_weights = _parse_shape_weights(args.shape_weights)
+    if shape_weights and args.data_dir:
+        raise SystemExit("unclip train: --shape-weights is for the shapes world, not --data-dir")
     source = make_source(args.data_dir)
     stages = list(STAGES) if args.all else [args.stage]
     minutes = _minutes_per_stage(args, stages)
@@ -166,6 +200,7 @@ def run(args: argparse.Namespace) -> int:
             seed=args.seed,
             high_noise_fraction=args.high_noise_fraction,
             swap_twins=args.swap_twins,
+            shape_weights=shape_weights,
             swap_attributes=tuple(args.swap_attributes) if args.swap_attributes else None,
         )
         for stage in stages

@@ -50,6 +50,9 @@ class TrainConfig:
     # in it, each with one of ``swap_attributes`` changed (hard negatives, models.data.shapes.swap_twin).
     swap_twins: float = 0.0
     swap_attributes: tuple[str, ...] = ("position",)
+    # The shapes world: relative frequencies of the shapes in the training stream, e.g.
+    # (("circle", 1.0), ("star", 3.0)); empty = uniform. The held batch stays uniform.
+    shape_weights: tuple[tuple[str, float], ...] = ()
     # Data stream: batches are read in blocks of this many from one seeded stream each, so a
     # resume re-reads at most one block to find its place.
     block_batches: int = 50

@@ -63,6 +63,18 @@ def load_frozen_clip(out_dir: str | Path, config: ModelConfig, device: torch.dev
     return model.to(device).eval().requires_grad_(False)
 
 
+def _training_source(ctx: StageContext) -> Any:
+    """The source the training stream reads: ``ctx.source``, with the recipe's shape weights when
+    it is the shapes world (held batches read ``ctx.source`` itself, so they stay comparable)."""
+    if not ctx.train.shape_weights:
+        return ctx.source
+    from models.data.source import ShapesSource
+
+    if not isinstance(ctx.source, ShapesSource):
+        raise ValueError("shape weights apply to the shapes world only, not to a folder of images")
+    return ctx.source.with_shape_weights(dict(ctx.train.shape_weights))
+
+
 @dataclass
 class StageContext:
     """What every task needs: the model config, its recipe, data and where the run lives."""
@@ -83,7 +95,12 @@ class _Task:
         self.batch_size = ctx.train.batch_size
         self.device = ctx.device
         self.stream = ExampleStream(
-            ctx.source, image_size, ctx.train.batch_size, ctx.train.seed, self.stage, ctx.train.block_batches
+            _training_source(ctx),
+            image_size,
+            ctx.train.batch_size,
+            ctx.train.seed,
+            self.stage,
+            ctx.train.block_batches,
         )
         self._held: dict[str, torch.Tensor] | None = None
 

@@ -322,3 +322,32 @@ def test_swap_twins_differ_in_one_attribute_and_say_so(attribute: str) -> None:
             assert _attributes(analyze(example.image)) == _attributes(example.spec)
         # The pair is told apart by its captions too (one template for both).
         assert first.caption != twin.caption
+
+
+def test_shape_weights_change_the_shapes_only() -> None:
+    """A weighted world draws its training shapes by the weights and leaves every other draw of
+    an example as the plain world makes it; the held-out set stays the uniform one."""
+    from models.data.shapes import shape_probabilities
+
+    weighted = ShapesWorld(0, shape_weights={"square": 1.0, "star": 3.0})
+    plain = ShapesWorld(0)
+    specs = [weighted.spec_and_caption(i)[0] for i in range(1200)]
+    counts = Counter(spec.shape for spec in specs)
+    assert set(counts) == {"square", "star"}
+    assert abs(counts["star"] / len(specs) - 0.75) < 0.04
+    same = [
+        (a.color, a.size, a.position, a.background, a.center_x)
+        == (b.color, b.size, b.position, b.background, b.center_x)
+        for a, b in zip(specs, (plain.spec_and_caption(i)[0] for i in range(1200)), strict=True)
+    ]
+    assert sum(same) >= 0.97 * len(same)  # all but the few redrawn around held-out captions
+    assert [s for s, _ in weighted.heldout_specs(50)] == [s for s, _ in plain.heldout_specs(50)]
+    assert [e.caption for e in weighted.batch(5, 16, stream=3)] == [
+        e.caption for e in ShapesWorld(0, shape_weights={"square": 1.0, "star": 3.0}).batch(5, 16, stream=3)
+    ]
+    source = ShapesSource().with_shape_weights({"triangle": 1.0})
+    assert {e.spec.shape for e in itertools.islice(source.examples(16, 4), 20)} == {"triangle"}
+    np.testing.assert_allclose(shape_probabilities({"circle": 1, "star": 1}), [0.5, 0, 0, 0.5])
+    for bad in ({"hexagon": 1.0}, {"star": -1.0}, {"star": 0.0}):
+        with pytest.raises(ValueError, match="shape"):
+            ShapesWorld(0, shape_weights=bad)

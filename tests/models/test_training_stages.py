@@ -7,8 +7,10 @@ import json
 from dataclasses import replace
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
+from PIL import Image
 
 from models.checkpoints import WeightsError, load_stage_state, read_manifest, save_weights
 from models.clip import build_clip_model
@@ -21,7 +23,7 @@ from models.configs import (
     UpsamplerConfig,
     get_config,
 )
-from models.data.source import ShapesSource
+from models.data.source import FolderSource, ShapesSource
 from models.training.config import TrainConfig
 from models.training.loop import Trainer
 from models.training.runner import train_all
@@ -350,3 +352,28 @@ def test_clip_batches_carry_swap_twins(tmp_path: Path) -> None:
         }
         pairs += differ == {"position"}
     assert pairs == 4
+
+
+def test_shape_weights_shape_the_training_stream_not_the_held_batch(tmp_path: Path) -> None:
+    recipe = replace(RECIPE, batch_size=16, shape_weights=(("star", 1.0),))
+    ctx = StageContext(CONFIG, recipe, ShapesSource(), tmp_path, torch.device("cpu"))
+    task = create_task("clip", ctx)
+    assert {example.spec.shape for step in range(3) for example in task.stream.batch(step)} == {"star"}
+    held = create_task("clip", replace(ctx, train=RECIPE)).held_batch()
+    assert torch.equal(task.held_batch()["tokens"], held["tokens"])
+    with pytest.raises(ValueError, match="shapes world"):
+        folder = tmp_path / "folder"
+        folder.mkdir()
+        Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(folder / "a.png")
+        (folder / "a.txt").write_text("a thing")
+        create_task("clip", replace(ctx, source=FolderSource(folder)))
+
+
+@pytest.mark.parametrize("weights", [["star"], ["star=x"], ["hexagon=1"], ["star=0"]])
+def test_cli_shape_weights_are_checked(weights: list[str], tmp_path: Path) -> None:
+    from models.training.cli import main
+
+    with pytest.raises(SystemExit, match="shape-weights"):
+        main(
+            ["--stage", "decoder", "--steps", "1", "--shape-weights", *weights, "--out", str(tmp_path / "m")]
+        )
