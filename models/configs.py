@@ -117,6 +117,12 @@ class UNetConfig:
     # decoder; not the crop-trained upsamplers). Convolutions otherwise infer position only from
     # the zero padding, which a small network learns slowly.
     position_embedding: bool = False
+    # Extra residual blocks at the first level after the decoder half, before the output
+    # projection: depth where outlines are drawn, for a few percent of the cost. Each ends in a
+    # zero-initialised convolution, so it starts as the identity and a trained network gains
+    # them (``unclip train --init-from``) without changing what it computes
+    # (models/training/RECIPE.md, section 10).
+    output_res_blocks: int = 0
 
 
 @dataclass(frozen=True)
@@ -216,6 +222,7 @@ def _tiny() -> ModelConfig:
             patch_size=2,
             position_embedding=True,
             text_pool_to_time=True,
+            output_res_blocks=2,
         ),
         diffusion=DiffusionConfig(schedule="cosine", prediction="v"),
         # The paper drops the caption 50% of the time; this decoder reads position mostly from

@@ -238,6 +238,10 @@ class UNetModel(nn.Module):
         self.middle_block = TimestepEmbedSequential(*mid)
         self.output_blocks = nn.ModuleList()
         ch = self._build_up(ch, skip_chans)
+        # Identity at initialisation (each block's last convolution is zero): see UNetConfig.
+        self.refine_blocks = TimestepEmbedSequential(
+            *(self._res(ch, ch) for _ in range(config.output_res_blocks))
+        )
         self.out = nn.Sequential(
             normalization(ch),
             nn.SiLU(),
@@ -341,5 +345,6 @@ class UNetModel(nn.Module):
         h = self.middle_block(h, emb, context, context_mask)
         for block in self.output_blocks:
             h = block(torch.cat([h, skips.pop()], dim=1), emb, context, context_mask)
+        h = self.refine_blocks(h, emb, context, context_mask)
         out = self.out(h)  # [N x out*p*p x H/p x W/p]
         return F.pixel_shuffle(out, patch) if patch > 1 else out  # [N x out x H x W]

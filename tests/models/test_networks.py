@@ -444,3 +444,22 @@ def test_text_attention_pool_starts_as_the_mean_and_can_single_out_a_word() -> N
         torch.testing.assert_close(pool(tokens, keep)[0], values[0, 1], atol=1e-3, rtol=1e-3)
     with pytest.raises(ValueError, match="heads"):
         TextAttentionPool(6, heads=4)
+
+
+def test_output_res_blocks_start_as_the_identity_and_then_count() -> None:
+    """A network with extra output blocks, given another's weights for everything else, computes
+    exactly what that network does (the fine-tune of RECIPE.md section 10 starts there); once the
+    new blocks' weights move, the output does."""
+    tiny = get_config("tiny").decoder.unet
+    assert tiny.output_res_blocks > 0
+    torch.manual_seed(0)
+    plain = _randomize_zeros(UNetModel(replace(tiny, output_res_blocks=0))).eval()
+    grown = UNetModel(tiny).eval()
+    missing, unexpected = grown.load_state_dict(plain.state_dict(), strict=False)
+    assert not unexpected and missing and all(k.startswith("refine_blocks.") for k in missing)
+    assert len(grown.refine_blocks) == tiny.output_res_blocks
+    inputs = _decoder_inputs(side=64)
+    with torch.no_grad():
+        torch.testing.assert_close(grown(**inputs), plain(**inputs), rtol=0, atol=0)
+        _randomize_zeros(grown.refine_blocks, seed=3)
+        assert (grown(**inputs) - plain(**inputs)).abs().mean() > 1e-3
