@@ -53,6 +53,10 @@ class TrainConfig:
     # The shapes world: relative frequencies of the shapes in the training stream, e.g.
     # (("circle", 1.0), ("star", 3.0)); empty = uniform. The held batch stays uniform.
     shape_weights: tuple[tuple[str, float], ...] = ()
+    # Mixed precision: the forward and backward under bfloat16 autocast (weights, optimizer and
+    # EMA stay float32). On a CPU with AMX or AVX-512 BF16 the decoder's step is ~1.4x faster
+    # (models/training/RECIPE.md, section 10); elsewhere it can be slower.
+    bf16: bool = False
     # Data stream: batches are read in blocks of this many from one seeded stream each, so a
     # resume re-reads at most one block to find its place.
     block_batches: int = 50

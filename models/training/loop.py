@@ -216,7 +216,9 @@ class Trainer:
             group["lr"] = learning_rate(cfg, self.step, self.progress())
         self.module.train()
         batch = self.task.batch(self.step, generator)
-        loss, metrics = self.task.loss(batch, generator)
+        device_type = torch.device(self.device).type
+        with torch.autocast(device_type, dtype=torch.bfloat16, enabled=cfg.bf16):
+            loss, metrics = self.task.loss(batch, generator)
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         self.replica.average_gradients(self.module)

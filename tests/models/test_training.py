@@ -225,3 +225,23 @@ def test_high_noise_fraction_moves_timesteps_to_the_noisy_end() -> None:
     assert int(half.min()) >= 0 and int(half.max()) <= 999
     # Half from [900, 1000) plus the uniform half's tenth: 55% of draws at t >= 900.
     assert abs(float((half >= 900).float().mean()) - 0.55) < 0.02
+
+
+def test_bf16_autocast_trains_and_keeps_float32_weights(tmp_path: Path) -> None:
+    """Under ``bf16`` the toy run still lowers its loss, its weights and EMA stay float32, and it
+    ends elsewhere than the float32 run (the autocast is really on)."""
+    after = {}
+    for bf16 in (False, True):
+        task = ToyTask()
+        held = task.batch(10**6, torch.Generator().manual_seed(5))
+        with torch.no_grad():
+            before = float(task.loss(held, torch.Generator().manual_seed(6))[0])
+        trainer = Trainer(task, toy_config(steps=40, bf16=bf16), tmp_path / str(bf16), show_progress=False)
+        trainer.run()
+        assert all(p.dtype == torch.float32 for p in task.module.parameters())
+        assert all(v.dtype == torch.float32 for v in trainer.averaged_state_dict().values())
+        task.module.eval()
+        with torch.no_grad():
+            after[bf16] = float(task.loss(held, torch.Generator().manual_seed(6))[0])
+        assert after[bf16] < 0.5 * before
+    assert after[True] != after[False]
