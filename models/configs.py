@@ -222,7 +222,6 @@ def _tiny() -> ModelConfig:
             patch_size=2,
             position_embedding=True,
             text_pool_to_time=True,
-            output_res_blocks=2,
         ),
         diffusion=DiffusionConfig(schedule="cosine", prediction="v"),
         # The paper drops the caption 50% of the time; this decoder reads position mostly from

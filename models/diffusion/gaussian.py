@@ -298,6 +298,7 @@ class GaussianDiffusion:
         t: torch.Tensor,
         model_kwargs: dict[str, Any] | None = None,
         noise: torch.Tensor | None = None,
+        pixel_weight: torch.Tensor | None = None,
     ) -> dict[str, torch.Tensor]:
         """Per-sample losses, each float32 [N] (float64 for float64 data).
 
@@ -309,6 +310,8 @@ class GaussianDiffusion:
 
         :param x_start: x_0 [N x ...]; :param t: LongTensor [N] of indices into this process;
         :param noise: ε like ``x_start`` (drawn when None).
+        :param pixel_weight: weights of L_simple's squared errors, broadcastable to ``x_start``
+            (e.g. [N x 1 x H x W]); None is the plain mean.
         """
         noise = torch.randn_like(x_start) if noise is None else noise
         x_t = self.q_sample(x_start, t, noise)
@@ -325,7 +328,8 @@ class GaussianDiffusion:
             ModelMeanType.START_X: x_start,
             ModelMeanType.V: self.v_target(x_start, t, noise),
         }[self.mean_type]
-        terms["mse"] = mean_flat((target.to(dtype) - output.to(dtype)) ** 2)
+        squared = (target.to(dtype) - output.to(dtype)) ** 2
+        terms["mse"] = mean_flat(squared if pixel_weight is None else pixel_weight.to(dtype) * squared)
         terms["loss"] = terms["mse"] + terms["vb"] if "vb" in terms else terms["mse"]
         return terms
 

@@ -121,6 +121,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "barriers between them (models/training/RECIPE.md, section 8, has the measured rates)",
     )
     parser.add_argument(
+        "--edge-loss",
+        type=float,
+        metavar="STRENGTH",
+        help="diffusion stages: weigh each pixel's squared error by 1 + STRENGTH x the clean image's "
+        "normalised gradient magnitude, so that outlines count (default 0: the plain mean; "
+        "models/training/RECIPE.md, section 10)",
+    )
+    parser.add_argument(
         "--bf16",
         action="store_true",
         default=None,
@@ -184,6 +192,8 @@ def run(args: argparse.Namespace) -> int:
         )
     if args.high_noise_fraction is not None and not 0.0 <= args.high_noise_fraction <= 1.0:
         raise SystemExit("unclip train: --high-noise-fraction must be in [0, 1]")
+    if args.edge_loss is not None and args.edge_loss < 0:
+        raise SystemExit("unclip train: --edge-loss must be >= 0")
     if args.text_drop is not None:
         if not 0.0 <= args.text_drop <= 1.0:
             raise SystemExit("unclip train: --text-drop must be in [0, 1]")
@@ -209,6 +219,7 @@ def run(args: argparse.Namespace) -> int:
             swap_twins=args.swap_twins,
             shape_weights=shape_weights,
             bf16=args.bf16,
+            edge_loss_strength=args.edge_loss,
             swap_attributes=tuple(args.swap_attributes) if args.swap_attributes else None,
         )
         for stage in stages

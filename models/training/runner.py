@@ -172,6 +172,8 @@ def _notes(result: TrainResult, train: TrainConfig) -> dict[str, Any]:
         for k, v in asdict(train).items()
         if k in ("batch_size", "lr", "ema_decay", "seed", "loss_weighting", "high_noise_fraction")
     }
+    if train.edge_loss_strength:
+        recipe["edge_loss_strength"] = train.edge_loss_strength
     if train.bf16:
         recipe["bf16"] = True
     if train.shape_weights:

@@ -37,6 +37,7 @@ from models.evaluation.clip_probe import attribute_swap_retrieval
 from models.factory import create_stage_diffusion, create_stage_module, stage_diffusion_config
 from models.training.config import TrainConfig
 from models.training.corruption import degrade_low_res, paired_random_crop
+from models.training.edges import edge_weights
 from models.training.stream import ExampleStream
 
 MAX_LOGIT_SCALE = math.log(100.0)
@@ -284,8 +285,14 @@ class _DiffusionTask(_Task):
             n, self.diffusion.num_timesteps, self.ctx.train.high_noise_fraction, generator
         ).to(self.device)  # [N]
         noise = torch.randn(x_start.shape, generator=generator).to(self.device)  # like x_start
+        strength = self.ctx.train.edge_loss_strength
         terms = self.diffusion.training_losses(
-            self.module, x_start, t, model_kwargs=model_kwargs, noise=noise
+            self.module,
+            x_start,
+            t,
+            model_kwargs=model_kwargs,
+            noise=noise,
+            pixel_weight=edge_weights(x_start, strength) if strength > 0 else None,
         )
         loss = terms["loss"]  # [N]
         metrics = {k: float(v.detach().mean()) for k, v in terms.items() if k != "loss"}

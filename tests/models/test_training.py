@@ -245,3 +245,51 @@ def test_bf16_autocast_trains_and_keeps_float32_weights(tmp_path: Path) -> None:
             after[bf16] = float(task.loss(held, torch.Generator().manual_seed(6))[0])
         assert after[bf16] < 0.5 * before
     assert after[True] != after[False]
+
+
+def test_edge_weights_sit_on_outlines_and_keep_the_mean() -> None:
+    from models.data.shapes import ShapesWorld, coverage
+    from models.evaluation.evaluate import to_model_input
+    from models.training.edges import edge_weights
+
+    examples = ShapesWorld(0).batch(6, 64)
+    weights = edge_weights(to_model_input([e.image for e in examples]), 9.0)  # [6 x 1 x 64 x 64]
+    assert weights.shape == (6, 1, 64, 64)
+    torch.testing.assert_close(weights.mean(dim=(2, 3)), torch.ones(6, 1))
+    for example, weight in zip(examples, weights, strict=True):
+        alpha = torch.from_numpy(coverage(example.spec, 64)).float()  # [64 x 64] object coverage
+        edge = (alpha > 0.05) & (alpha < 0.95)
+        inside, outside = alpha >= 0.999, alpha == 0
+        # The outline's band outweighs the flat inside and outside several times over.
+        assert weight[0][edge].mean() > 3 * weight[0][inside | outside].mean()
+    flat = edge_weights(torch.zeros(2, 3, 8, 8), 9.0)
+    assert torch.equal(flat, torch.ones(2, 1, 8, 8))
+    assert torch.equal(edge_weights(to_model_input([examples[0].image]), 0.0), torch.ones(1, 1, 64, 64))
+    with pytest.raises(ValueError, match="strength"):
+        edge_weights(flat, -1.0)
+
+
+def test_pixel_weight_scales_the_simple_loss() -> None:
+    from models.configs import DiffusionConfig
+    from models.diffusion.gaussian import create_diffusion
+
+    diffusion = create_diffusion(DiffusionConfig(schedule="cosine", prediction="v"))
+    x = torch.randn(2, 3, 4, 4, generator=torch.Generator().manual_seed(0))
+    noise = torch.randn(2, 3, 4, 4, generator=torch.Generator().manual_seed(1))
+    t = torch.tensor([10, 700])
+
+    def model(x_t: torch.Tensor, steps: torch.Tensor) -> torch.Tensor:
+        return torch.zeros_like(x_t)
+
+    plain = diffusion.training_losses(model, x, t, noise=noise)["mse"]
+    doubled = diffusion.training_losses(model, x, t, noise=noise, pixel_weight=torch.full((2, 1, 4, 4), 2.0))[
+        "mse"
+    ]
+    torch.testing.assert_close(doubled, 2 * plain)
+    only_first_row = torch.zeros(2, 1, 4, 4)
+    only_first_row[..., 0, :] = 4.0
+    target = diffusion.v_target(x, t, noise)
+    torch.testing.assert_close(
+        diffusion.training_losses(model, x, t, noise=noise, pixel_weight=only_first_row)["mse"],
+        (target[..., 0, :] ** 2).mean(dim=(1, 2)),
+    )

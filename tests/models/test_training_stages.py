@@ -377,3 +377,10 @@ def test_cli_shape_weights_are_checked(weights: list[str], tmp_path: Path) -> No
         main(
             ["--stage", "decoder", "--steps", "1", "--shape-weights", *weights, "--out", str(tmp_path / "m")]
         )
+
+
+def test_cli_edge_loss_is_not_negative(tmp_path: Path) -> None:
+    from models.training.cli import main
+
+    with pytest.raises(SystemExit, match="edge-loss"):
+        main(["--stage", "decoder", "--steps", "1", "--edge-loss", "-1", "--out", str(tmp_path / "m")])
