@@ -20,8 +20,8 @@ from typing import Any
 
 import torch
 
-from models.configs import STAGES, get_config
-from models.training.config import DEFAULT_TOTAL_MINUTES, get_train_config, stage_minutes
+from models.configs import STAGES, StageName, get_config
+from models.training.config import DEFAULT_TOTAL_MINUTES, TrainConfig, get_train_config, stage_minutes
 
 
 def register(subparsers: Any) -> None:
@@ -124,7 +124,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--edge-loss",
         type=float,
         metavar="STRENGTH",
-        help="diffusion stages: weigh each pixel's squared error by 1 + STRENGTH x the clean image's "
+        help="decoder and upsamplers: weigh each pixel's squared error by 1 + STRENGTH x the clean image's "
         "normalised gradient magnitude, so that outlines count (default 0: the plain mean; "
         "models/training/RECIPE.md, section 10)",
     )
@@ -153,6 +153,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
 
 
+IMAGE_DIFFUSION_STAGES = ("decoder", "sr256", "sr1024")  # the stages --edge-loss applies to
+
+
 def _parse_shape_weights(items: list[str] | None) -> tuple[tuple[str, float], ...] | None:
     """``["star=4", "circle=1"]`` → ``(("star", 4.0), ("circle", 1.0))``, checked; None when not given."""
     from models.data.shapes import shape_probabilities
@@ -173,6 +176,31 @@ def _parse_shape_weights(items: list[str] | None) -> tuple[tuple[str, float], ..
     except ValueError as error:
         raise SystemExit(f"unclip train: --shape-weights: {error}") from None
     return tuple(pairs)
+
+
+def train_configs(
+    args: argparse.Namespace, stages: list[StageName], shape_weights: tuple[tuple[str, float], ...] | None
+) -> dict[StageName, TrainConfig]:
+    """Each stage's recipe with the command line's overrides."""
+    minutes = _minutes_per_stage(args, stages)
+    return {
+        stage: get_train_config(
+            args.config,
+            stage,
+            steps=args.steps,
+            minutes=minutes[stage],
+            batch_size=args.batch_size,
+            lr=args.lr,
+            seed=args.seed,
+            high_noise_fraction=args.high_noise_fraction,
+            swap_twins=args.swap_twins,
+            shape_weights=shape_weights,
+            bf16=args.bf16,
+            edge_loss_strength=args.edge_loss if stage in IMAGE_DIFFUSION_STAGES else None,
+            swap_attributes=tuple(args.swap_attributes) if args.swap_attributes else None,
+        )
+        for stage in stages
+    }
 
 
 def run(args: argparse.Namespace) -> int:
@@ -205,25 +233,7 @@ def run(args: argparse.Namespace) -> int:
         raise SystemExit("unclip train: --shape-weights is for the shapes world, not --data-dir")
     source = make_source(args.data_dir)
     stages = list(STAGES) if args.all else [args.stage]
-    minutes = _minutes_per_stage(args, stages)
-    trains = {
-        stage: get_train_config(
-            args.config,
-            stage,
-            steps=args.steps,
-            minutes=minutes[stage],
-            batch_size=args.batch_size,
-            lr=args.lr,
-            seed=args.seed,
-            high_noise_fraction=args.high_noise_fraction,
-            swap_twins=args.swap_twins,
-            shape_weights=shape_weights,
-            bf16=args.bf16,
-            edge_loss_strength=args.edge_loss,
-            swap_attributes=tuple(args.swap_attributes) if args.swap_attributes else None,
-        )
-        for stage in stages
-    }
+    trains = train_configs(args, stages, shape_weights)
     if args.replicas < 1:
         raise SystemExit("unclip train: --replicas must be at least 1")
     if args.swap_twins is not None and not 0.0 <= args.swap_twins <= 1.0:

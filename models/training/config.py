@@ -53,7 +53,7 @@ class TrainConfig:
     # The shapes world: relative frequencies of the shapes in the training stream, e.g.
     # (("circle", 1.0), ("star", 3.0)); empty = uniform. The held batch stays uniform.
     shape_weights: tuple[tuple[str, float], ...] = ()
-    # Diffusion stages: weigh each pixel's squared error by 1 + edge_loss_strength x the clean
+    # Decoder and upsamplers: weigh each pixel's squared error by 1 + edge_loss_strength x the clean
     # image's normalised gradient magnitude (models.training.edges), so outlines count; 0 = plain.
     edge_loss_strength: float = 0.0
     # Mixed precision: the forward and backward under bfloat16 autocast (weights, optimizer and

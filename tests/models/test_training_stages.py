@@ -3,6 +3,7 @@ batch goes down; ``train --all`` writes a loadable model directory."""
 
 from __future__ import annotations
 
+import argparse
 import json
 from dataclasses import replace
 from pathlib import Path
@@ -384,3 +385,21 @@ def test_cli_edge_loss_is_not_negative(tmp_path: Path) -> None:
 
     with pytest.raises(SystemExit, match="edge-loss"):
         main(["--stage", "decoder", "--steps", "1", "--edge-loss", "-1", "--out", str(tmp_path / "m")])
+
+
+def test_cli_edge_loss_reaches_the_image_stages_only(tmp_path: Path) -> None:
+    """With --all the prior (embeddings, not images) and CLIP keep their plain losses."""
+    from models.configs import STAGES
+    from models.training.cli import add_arguments, train_configs
+
+    parser = argparse.ArgumentParser()
+    add_arguments(parser)
+    args = parser.parse_args(["--all", "--steps", "1", "--edge-loss", "4", "--out", str(tmp_path)])
+    trains = train_configs(args, list(STAGES), None)
+    assert {stage: train.edge_loss_strength for stage, train in trains.items()} == {
+        "clip": 0.0,
+        "prior": 0.0,
+        "decoder": 4.0,
+        "sr256": 4.0,
+        "sr1024": 4.0,
+    }
