@@ -132,17 +132,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--bf16",
         action="store_true",
         default=None,
-        help="train under bfloat16 autocast (float32 weights, optimizer and EMA): ~1.4x the decoder's "
-        "examples/s on a CPU with AMX or AVX-512 BF16 (models/training/RECIPE.md, section 10)",
+        help="train under bfloat16 autocast (float32 weights, optimizer and EMA): 2.1x the decoder's "
+        "examples/s as two replicas on a Xeon with AMX (models/training/RECIPE.md, section 10); on a CPU "
+        "without bf16 instructions it can be slower",
     )
     parser.add_argument(
         "--shape-weights",
         nargs="+",
         metavar="SHAPE=WEIGHT",
         help="the shapes world: relative frequencies of the shapes in training examples, e.g. "
-        "circle=1 square=2 triangle=3 star=4 (unnamed shapes: 0; default: uniform). The bundled "
-        "decoder's last fine-tune showed it more of the shapes it drew worst (models/training/RECIPE.md, "
-        "section 10); the held batch and the evaluation set stay uniform",
+        "circle=1 square=2 triangle=3 star=4 (unnamed shapes: 0; default: uniform), to show a model "
+        "more of the shapes it draws worst (under the plain loss it bought the decoder nothing in 25K "
+        "examples: models/training/RECIPE.md, section 10); the held batch and the evaluation set stay uniform",
     )
     parser.add_argument(
         "--text-drop",

@@ -57,8 +57,8 @@ class TrainConfig:
     # image's normalised gradient magnitude (models.training.edges), so outlines count; 0 = plain.
     edge_loss_strength: float = 0.0
     # Mixed precision: the forward and backward under bfloat16 autocast (weights, optimizer and
-    # EMA stay float32). On a CPU with AMX or AVX-512 BF16 the decoder's step is ~1.4x faster
-    # (models/training/RECIPE.md, section 10); elsewhere it can be slower.
+    # EMA stay float32). On a Xeon with AMX the decoder trained 2.1x faster as two replicas
+    # (models/training/RECIPE.md, section 10); without bf16 instructions it can be slower.
     bf16: bool = False
     # Data stream: batches are read in blocks of this many from one seeded stream each, so a
     # resume re-reads at most one block to find its place.
