@@ -92,14 +92,18 @@ def ddim_sample_loop(
     progress: Progress = None,
     device: torch.device | str | None = None,
     dtype: torch.dtype = torch.float32,
+    x_init: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """DDIM (Song et al. 2021, eq. 12 and 16); η = 0 is deterministic, η = 1 has DDPM's β̃ variance.
+
+    ``x_init`` [N x ...] starts the chain at the diffusion's last index from that (partly noised)
+    image instead of x_T drawn from ``noise`` (SDEdit's start; ``models.evaluation.shape_probe``).
 
     1. x̂_0, ε̂ at i                                       ("predicted x_0" of eq. 12)
     2. σ_i = η √((1-ᾱ_{i-1})/(1-ᾱ_i)) √(1 - ᾱ_i/ᾱ_{i-1})    (eq. 16)
     3. x_{i-1} = √ᾱ_{i-1} x̂_0 + √(1 - ᾱ_{i-1} - σ_i²) ε̂ + σ_i z   (eq. 12; at i = 0, x̂_0 itself)
     """
-    x = _start(shape, noise, device, dtype)  # [N x ...]
+    x = _start(shape, noise, device, dtype) if x_init is None else x_init.to(device, dtype)  # [N x ...]
     total = diffusion.num_timesteps
     for step, i, t in _indices(diffusion, x):
         out = diffusion.p_mean_variance(model, x, t, clip_denoised, model_kwargs)  # 1.

@@ -17,11 +17,13 @@ from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-import numpy as np
 import torch
 
 from models.data.shapes import SHAPES, SIZES, ShapesWorld
 from models.diffusion.guidance import ClassifierFreeGuidance
+from models.diffusion.noise import RowNoise
+from models.diffusion.respace import SpacedDiffusion
+from models.diffusion.samplers import ddim_sample_loop
 from models.evaluation.analysis import analyze
 from models.evaluation.evaluate import HELDOUT_SEED, embed_images, to_model_input
 from models.factory import create_stage_diffusion
@@ -82,10 +84,15 @@ def shape_probe(
     full = create_stage_diffusion("decoder", config)
     spaced = create_stage_diffusion("decoder", config, steps=settings.steps)
     network, dtype = pipeline.networks["decoder"], pipeline.dtype
+    counts = Counter(groups)
     accuracy: dict[int, dict[str, float]] = {}
     for start in starts:
         first = max(0, min(spaced.num_timesteps - 1, round(start * spaced.num_timesteps) - 1))
         t_start = int(spaced.timestep_map[first])
+        # The chain's last first + 1 steps, as a process of their own.
+        rest = SpacedDiffusion(
+            spaced.timestep_map[: first + 1], full.betas, spaced.mean_type, spaced.var_type
+        )
         hits: Counter[str] = Counter()
         for lo in range(0, n, batch_size):
             rows = slice(lo, min(n, lo + batch_size))
@@ -101,26 +108,25 @@ def shape_probe(
             uncond = {**cond, "drop_clip": ~no, "drop_text": ~no}
             model = ClassifierFreeGuidance(network, settings.guidance, cond, uncond, guided_channels=3)
             steps = torch.full((count,), t_start, dtype=torch.long)
-            x = full.q_sample(x_start[rows], steps, noise[rows]).to(pipeline.device, dtype)
-            for i in reversed(range(first + 1)):  # DDIM, eta = 0, from index `first` of the chain
-                index = torch.full((count,), i, dtype=torch.long, device=pipeline.device)
-                out = spaced.p_mean_variance(model, x, index, True, {})
-                alpha_bar_prev = float(spaced.alphas_cumprod_prev[i])
-                x = (
-                    np.sqrt(alpha_bar_prev) * out["pred_xstart"].float()
-                    + np.sqrt(max(1.0 - alpha_bar_prev, 0.0)) * out["eps"].float()
-                ).to(dtype)
+            x = ddim_sample_loop(
+                rest,
+                model,
+                (count, *x_start.shape[1:]),
+                RowNoise(list(range(rows.start, rows.stop))),  # unused: eta = 0 draws nothing
+                device=pipeline.device,
+                dtype=dtype,
+                x_init=full.q_sample(x_start[rows], steps, noise[rows]),
+            )
             for image, spec, group in zip(to_uint8_images(x), specs[rows], groups[rows], strict=True):
                 if analyze(image).shape == spec.shape:
                     hits[group] += 1
                     hits["all"] += 1
-        counts = Counter(groups)
         accuracy[t_start] = {"all": hits["all"] / n} | {
             group: hits[group] / counts[group] if counts[group] else float("nan") for group in GROUPS
         }
     return ShapeProbe(
         accuracy=accuracy,
-        counts={group: Counter(groups)[group] for group in GROUPS},
+        counts={group: counts[group] for group in GROUPS},
         n=n,
         steps=settings.steps,
         guidance=settings.guidance,

@@ -240,3 +240,31 @@ def test_one_step_returns_the_prediction_from_pure_noise(sampler: str, learn_sig
 
     out = sample(sampler, spaced, model, (2, 3), RowNoise([1, 2]), clip_denoised=False)
     torch.testing.assert_close(out, torch.full((2, 3), 0.25), atol=2e-3, rtol=0)
+
+
+def test_ddim_from_x_init_continues_the_chain() -> None:
+    """Started from x_T itself, x_init gives the plain chain; started mid-chain from the plain
+    chain's own state there, it ends where the plain chain ends."""
+    from models.diffusion.respace import SpacedDiffusion
+    from models.diffusion.samplers import ddim_sample_loop
+
+    config = DiffusionConfig(schedule="cosine", prediction="v")
+    base, spaced = create_diffusion(config), create_diffusion(config, 10)
+    model = optimal_model(base.alphas_cumprod, "v")
+    shape = (ROWS, 4, 8)
+    plain = ddim_sample_loop(spaced, model, shape, RowNoise(range(ROWS)), clip_denoised=False)
+    x_t = RowNoise(range(ROWS)).randn(shape[1:])
+    again = ddim_sample_loop(spaced, model, shape, RowNoise(range(ROWS)), clip_denoised=False, x_init=x_t)
+    torch.testing.assert_close(again, plain, rtol=0, atol=0)
+    states: list[torch.Tensor] = []  # x as each model call sees it: states[5] is x at index 4
+
+    def recording(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        states.append(x.clone())
+        return model(x, t)
+
+    ddim_sample_loop(spaced, recording, shape, RowNoise(range(ROWS)), clip_denoised=False)
+    tail = SpacedDiffusion(spaced.timestep_map[:5], base.betas, spaced.mean_type, spaced.var_type)
+    resumed = ddim_sample_loop(
+        tail, model, shape, RowNoise(range(ROWS)), clip_denoised=False, x_init=states[5]
+    )
+    torch.testing.assert_close(resumed, plain, rtol=1e-5, atol=1e-5)
