@@ -65,6 +65,7 @@ class EvaluationReport:
     image_embeddings: str = "prior"  # what the decoder was given: the prior's samples or the renders'
     grid: str | None = None
     meta: dict[str, Any] = field(default_factory=dict)
+    shape_confusion: dict[str, dict[str, int]] = field(default_factory=dict)  # asked -> read -> images
 
     def stage_seconds_per_image(self) -> dict[str, float]:
         return {stage: seconds / self.n for stage, seconds in self.stage_seconds.items()}
@@ -109,6 +110,15 @@ class EvaluationReport:
             lines.append(
                 f"| {stage} | {s.get('steps', '–')} | {s.get('guidance', '–')} | {s.get('sampler', '–')} | {per_image:.3f} |"
             )
+        if self.shape_confusion:
+            read_as = list(next(iter(self.shape_confusion.values())))
+            lines += [
+                "",
+                f"| asked shape \\ read as | {' | '.join(read_as)} |",
+                "|---|" + "---:|" * len(read_as),
+            ]
+            for asked, row in self.shape_confusion.items():
+                lines.append(f"| {asked} | {' | '.join(str(row[name]) for name in read_as)} |")
         return "\n".join(lines) + "\n"
 
 
@@ -234,6 +244,7 @@ def evaluate(
         device=str(pipeline.device),
         image_embeddings=image_embeddings,
         meta={"seed": seed, "batch_size": batch_size, "heldout_seed": HELDOUT_SEED},
+        shape_confusion=adherence_report.shape_confusion,
     )
     if out_dir is not None:
         write_outputs(report, images, prompts, Path(out_dir))

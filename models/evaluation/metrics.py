@@ -14,12 +14,13 @@ Pure functions over images, embeddings and parsed captions; the model is never c
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 import torch
 
-from models.evaluation.analysis import analyze, score
+from models.data.shapes import SHAPES
+from models.evaluation.analysis import ImageAnalysis, analyze, score
 
 # The attributes the issue's bar counts; "all four" means these, all at once.
 BAR_ATTRIBUTES: tuple[str, ...] = ("color", "shape", "size", "position")
@@ -43,6 +44,8 @@ class AdherenceReport:
     asked: dict[str, int]
     all_four: float
     per_image: list[dict[str, bool]] = field(default_factory=list, repr=False)
+    # asked shape -> what the analyser read ("none": no object found) -> images; only from images
+    shape_confusion: dict[str, dict[str, int]] = field(default_factory=dict)
 
 
 def _asked_value(asked: object, attribute: str) -> object:
@@ -95,11 +98,27 @@ def adherence(images: Sequence[np.ndarray], asked_attributes: Sequence[object]) 
     :param images: uint8 ``[H x W x 3]`` arrays, one per prompt (any side the analyser accepts).
     :param asked_attributes: ``parse_caption(prompt)`` of each image's prompt.
     """
-    scores = [
-        score(analyze(np.asarray(image)), asked)
-        for image, asked in zip(images, asked_attributes, strict=True)
-    ]
-    return adherence_from_scores(scores, asked_attributes)
+    if len(images) != len(asked_attributes):
+        raise ValueError(f"{len(images)} images for {len(asked_attributes)} captions")
+    analyses = [analyze(np.asarray(image)) for image in images]
+    scores = [score(analysis, asked) for analysis, asked in zip(analyses, asked_attributes, strict=True)]
+    report = adherence_from_scores(scores, asked_attributes)
+    return replace(report, shape_confusion=shape_confusion(analyses, asked_attributes))
+
+
+def shape_confusion(
+    analyses: Sequence[ImageAnalysis], asked_attributes: Sequence[object]
+) -> dict[str, dict[str, int]]:
+    """For each asked shape, how many images the analyser read as each shape (``none`` where it
+    found no object): which shape a model draws instead says more than the accuracy alone (a
+    decoder that draws stars for everything and one that draws blobs score the same)."""
+    confusion = {shape: dict.fromkeys((*SHAPES, "none"), 0) for shape in SHAPES}
+    for analysis, asked in zip(analyses, asked_attributes, strict=True):
+        wanted = _asked_value(asked, "shape")
+        if wanted is None:
+            continue
+        confusion[str(wanted)][analysis.shape if analysis.found and analysis.shape else "none"] += 1
+    return {shape: row for shape, row in confusion.items() if sum(row.values())}
 
 
 # -- CLIP R-precision -----------------------------------------------------------------------------

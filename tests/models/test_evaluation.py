@@ -132,6 +132,22 @@ def test_ground_truth_renders_score_100_percent(heldout: list) -> None:
         assert report.asked[attribute] > 0, f"no held-out prompt asks for {attribute}"
         assert report.accuracy[attribute] == 1.0, attribute
     assert report.all_four == 1.0
+    # The renders are read as the shape they were asked for: the confusion table is diagonal.
+    asked_shapes = [attributes.shape for attributes in _asked(heldout) if attributes.shape]
+    assert sum(sum(row.values()) for row in report.shape_confusion.values()) == len(asked_shapes)
+    for asked, row in report.shape_confusion.items():
+        assert row[asked] == asked_shapes.count(asked)
+
+
+def test_shape_confusion_says_what_was_drawn_instead(heldout: list) -> None:
+    """Every image replaced by one star render: each asked shape's row has all its images under
+    "star", which the accuracy alone (a quarter right) would not tell."""
+    star = next(example.image for example in heldout if parse_caption(example.caption).shape == "star")
+    asked = _asked(heldout)
+    report = adherence([star] * len(heldout), asked)
+    for shape, row in report.shape_confusion.items():
+        count = sum(1 for attributes in asked if attributes.shape == shape)
+        assert row["star"] == count and sum(row.values()) == count
 
 
 def _smooth_noise(count: int, side: int) -> list[np.ndarray]:
