@@ -23,11 +23,11 @@ MAX_FILE_BYTES = 16 * 1024 * 1024
 # ~0.5 s at 64x64 and ~2 s at 256x256 on an AVX-512 Xeon, ~1.2 s and ~3.7 s on an AVX2 EPYC).
 ADHERENCE_PROMPTS = 32
 # What the shipped weights must keep on those prompts, a few images under what they score.
-# At 64x64 (the decoder's own output) they score color 100%, shape 87.5%, size 100%, position
-# 100% (chance 17%, 25%, 50%, 11%); at 256x256 color 96.9%, shape 87.5%, size 100%, position
-# 100%: color, size and position reach the bar, shape does not quite (the small stars).
-FLOORS_AT_64PX = {"color": 0.9, "shape": 0.8, "size": 0.9, "position": 0.9}
-FLOORS_AT_256PX = {"color": 0.9, "shape": 0.8, "size": 0.9, "position": 0.9}
+# At 64x64 (the decoder's own output) they score color 100%, shape 96.9%, size 100%, position
+# 100% (chance 17%, 25%, 50%, 11%); at 256x256 color 100%, shape 93.8%, size 100%, position 100%
+# (on 200 prompts: 99.5%, 92.0%, 100%, 100%, README). Shape is the closest to the bar: the stars.
+FLOORS_AT_64PX = {"color": 0.9, "shape": 0.85, "size": 0.9, "position": 0.9}
+FLOORS_AT_256PX = {"color": 0.9, "shape": 0.85, "size": 0.9, "position": 0.9}
 
 
 @pytest.fixture(scope="module")
@@ -79,13 +79,8 @@ def test_bundled_model_keeps_its_measured_adherence_at_256px(report_at_256px: Ev
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(
-    strict=True,
-    reason="issue 3: the shipped weights are below the bar at 256x256 in shape (85.5% on 200 "
-    "prompts, 87.5% on these 32; small stars: README, 'What the bundled model is'); strict, so a "
-    "model that reaches the bar turns this into a failure that asks for the marker to go",
-)
 def test_bundled_model_reaches_the_quality_bar(report_at_256px: EvaluationReport) -> None:
-    """Color >= 95%, shape, size and position >= 90% at 256x256 with the default sampling."""
+    """Color >= 95%, shape, size and position >= 90% at 256x256 with the default sampling (issue 3's
+    bar, here on 32 prompts; shape has one image to spare: 30 of 32 right, 29 would still pass)."""
     for attribute, threshold in BAR.items():
         assert report_at_256px.accuracy[attribute] >= threshold, f"{attribute}: {report_at_256px.accuracy}"
