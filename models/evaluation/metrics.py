@@ -44,7 +44,8 @@ class AdherenceReport:
     asked: dict[str, int]
     all_four: float
     per_image: list[dict[str, bool]] = field(default_factory=list, repr=False)
-    # asked shape -> what the analyser read ("none": no object found) -> images; only from images
+    # asked shape -> shape the analyser read ("none": no object) -> images; adherence() fills it,
+    # adherence_from_scores() cannot (scores say right or wrong, not what was drawn)
     shape_confusion: dict[str, dict[str, int]] = field(default_factory=dict)
 
 
