@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Train the default model's recipe (`tiny`) from scratch on two CPU cores. The shipped weights in
-# models/default_weights are this script's first run plus six rounds of fine-tuning (README,
+# models/default_weights are this script's first run plus five rounds of fine-tuning (README,
 # "What the bundled model is"); the recipe has changed since its first run (pooled text, the
 # decoder's caption drop and high-noise timesteps, CLIP's position-swap twins, the decoder's
 # outline-weighted loss), and has not been run end to end since.

@@ -99,8 +99,6 @@ def adherence(images: Sequence[np.ndarray], asked_attributes: Sequence[object]) 
     :param images: uint8 ``[H x W x 3]`` arrays, one per prompt (any side the analyser accepts).
     :param asked_attributes: ``parse_caption(prompt)`` of each image's prompt.
     """
-    if len(images) != len(asked_attributes):
-        raise ValueError(f"{len(images)} images for {len(asked_attributes)} captions")
     analyses = [analyze(np.asarray(image)) for image in images]
     scores = [score(analysis, asked) for analysis, asked in zip(analyses, asked_attributes, strict=True)]
     report = adherence_from_scores(scores, asked_attributes)
@@ -118,7 +116,7 @@ def shape_confusion(
         wanted = _asked_value(asked, "shape")
         if wanted is None:
             continue
-        confusion[str(wanted)][analysis.shape if analysis.found and analysis.shape else "none"] += 1
+        confusion[str(wanted)][analysis.shape or "none"] += 1  # None when no object was found
     return {shape: row for shape, row in confusion.items() if sum(row.values())}
 
 
