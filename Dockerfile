@@ -51,6 +51,8 @@ RUN --mount=type=cache,target=/root/.cache/pip \
 
 # Layer 3: the project itself (non-editable; the bundled weights in models/default_weights/ are package data).
 COPY README.md ./
+COPY cli ./cli
+COPY contract ./contract
 COPY models ./models
 COPY service ./service
 COPY workers ./workers

@@ -11,6 +11,7 @@ on two CPU cores.
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any, Literal
 
@@ -173,7 +174,18 @@ class SamplingConfig:
     sr1024: StageSampling = field(default_factory=lambda: StageSampling(steps=5))
 
     def for_stage(self, stage: StageName) -> StageSampling:
-        return getattr(self, stage)
+        stage_sampling: StageSampling = getattr(self, stage)
+        return stage_sampling
+
+    def with_overrides(self, overrides: Mapping[str, Mapping[str, Any]]) -> SamplingConfig:
+        """These settings with ``{stage: {field: value}}`` applied; a value of None keeps the
+        setting. The one conversion from a request's or a command line's overrides."""
+        stages: dict[str, StageSampling] = {}
+        for stage, changes in overrides.items():
+            current = self.for_stage(stage)  # type: ignore[arg-type]  # unknown names raise
+            given = {name: value for name, value in changes.items() if value is not None}
+            stages[stage] = replace(current, **given)
+        return replace(self, **stages)
 
 
 @dataclass(frozen=True)
@@ -341,7 +353,7 @@ def _build(cls: type, data: dict[str, Any]) -> Any:
 
 
 def _nested_types(cls: type) -> dict[str, type]:
-    nested = {
+    nested: dict[type, dict[str, type]] = {
         ModelConfig: {
             "clip": ClipConfig,
             "prior": PriorConfig,

@@ -10,7 +10,7 @@ from pathlib import Path
 from PIL import Image
 
 from models.configs import STAGES
-from models.pipeline import DTYPES, SIZES, GenerationRequest, UnclipPipeline, load_pipeline
+from models.pipeline import DTYPES, GenerationRequest, UnclipPipeline, load_pipeline, stages_for_size
 from models.sampling_args import add_sampling_arguments, sampling_from_args
 
 
@@ -19,7 +19,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("prompt", nargs="?", help="the text prompt (or use --prompts-file)")
     p.add_argument("--prompts-file", type=Path, help="one prompt a line; all lines are generated in batches")
     p.add_argument("--n", type=int, default=1, help="images per prompt")
-    p.add_argument("--size", type=int, default=256, choices=SIZES)
+    p.add_argument("--size", type=int, default=256, help="image side: 64 (decoder only), 256, 512 or 1024")
     p.add_argument("--seed", type=int, default=0, help="seed of the first prompt; prompt k uses seed + k")
     p.add_argument("--out", type=Path, default=Path("out"), help="output directory")
     p.add_argument("--weights", help="model directory (default: the bundled model)")
@@ -48,6 +48,10 @@ def run(args: argparse.Namespace) -> int:
     prompts = read_prompts(args)
     if args.n < 1 or args.batch_size < 1:
         raise SystemExit("unclip generate: --n and --batch-size must be at least 1")
+    try:
+        stages_for_size(args.size)
+    except ValueError as error:
+        raise SystemExit(f"unclip generate: --size: {error}") from None
     weights = f"random:{args.random_weights}" if args.random_weights else args.weights
     try:
         pipeline: UnclipPipeline = load_pipeline(weights, device=args.device, dtype=args.dtype)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-from dataclasses import replace
 
 from models.configs import STAGES, SamplingConfig
 
@@ -27,14 +26,14 @@ def add_sampling_arguments(parser: argparse.ArgumentParser) -> None:
 
 def sampling_from_args(args: argparse.Namespace, defaults: SamplingConfig) -> SamplingConfig:
     """The model's defaults with the command line's overrides (a per-stage sampler beats --sampler)."""
-    stages = {}
-    for stage in DIFFUSION_STAGES:
-        settings = defaults.for_stage(stage)
-        overrides = {
-            "steps": getattr(args, f"steps_{stage}", None),
-            "guidance": getattr(args, f"guidance_{stage}", None),
-            "sampler": getattr(args, f"sampler_{stage}", None) or getattr(args, "sampler", None),
-            "eta": getattr(args, f"eta_{stage}", None),
+    return defaults.with_overrides(
+        {
+            stage: {
+                "steps": getattr(args, f"steps_{stage}", None),
+                "guidance": getattr(args, f"guidance_{stage}", None),
+                "sampler": getattr(args, f"sampler_{stage}", None) or getattr(args, "sampler", None),
+                "eta": getattr(args, f"eta_{stage}", None),
+            }
+            for stage in DIFFUSION_STAGES
         }
-        stages[stage] = replace(settings, **{k: v for k, v in overrides.items() if v is not None})
-    return SamplingConfig(**stages)
+    )

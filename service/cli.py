@@ -1,5 +1,6 @@
-"""``unclip api``, ``unclip worker`` and ``unclip serve``: registered on the ``unclip`` parser by
-``models/cli.py`` through :func:`register`; ``python -m service.cli`` runs them without it.
+"""``unclip api`` and ``unclip serve``: registered on the ``unclip`` parser by ``cli/main.py``
+through :func:`register`; ``python -m service.cli`` runs them without it. Nothing here imports
+torch or the model code (``serve`` starts its worker as a separate process).
 
 Settings come from the environment (``UNCLIP_*``, see ``service/settings.py``); flags cover only
 what differs per process (address, worker count, burst mode).
@@ -17,23 +18,16 @@ import threading
 from collections.abc import Sequence
 from typing import Any
 
-REDIS_HINT = "start one with `redis-server --daemonize yes --port 6379`, or point UNCLIP_REDIS_URL at yours"
+from contract.connection import REDIS_HINT, check_redis
 
 
 def register(subparsers: Any) -> None:
-    """Add ``api``, ``worker`` and ``serve`` to an argparse subparsers object."""
+    """Add ``api`` and ``serve`` to an argparse subparsers object."""
     api = subparsers.add_parser("api", help="run the HTTP API (FastAPI under uvicorn)")
     api.add_argument("--host", default="127.0.0.1", help="address to bind (0.0.0.0 in a container)")
     api.add_argument("--port", type=int, default=8000)
     api.add_argument("--workers", type=int, default=1, help="uvicorn worker processes")
     api.set_defaults(func=run_api)
-
-    worker = subparsers.add_parser(
-        "worker", help="run a GPU worker: loads the model once, samples in batches"
-    )
-    worker.add_argument("--burst", action="store_true", help="exit once the queue is empty (tests)")
-    worker.add_argument("--name", default=None, help="worker name (default: random)")
-    worker.set_defaults(func=run_worker)
 
     serve = subparsers.add_parser("serve", help="API plus one worker on this machine (bundled default model)")
     serve.add_argument("--host", default="127.0.0.1")
@@ -51,29 +45,11 @@ def run_api(args: argparse.Namespace) -> int:
     return 0
 
 
-def run_worker(args: argparse.Namespace) -> int:
-    from workers.main import run
-
-    return int(run(burst=args.burst, name=args.name))
-
-
-def check_redis(url: str) -> str | None:
-    """None when Redis answers at ``url``, else why not."""
-    from redis import Redis
-    from redis.exceptions import RedisError
-
-    try:
-        Redis.from_url(url, socket_connect_timeout=2, socket_timeout=2).ping()
-    except RedisError as exc:
-        return str(exc)
-    return None
-
-
 def run_serve(args: argparse.Namespace) -> int:
     import uvicorn
 
+    from contract.settings import get_settings
     from service.main import create_app
-    from service.settings import get_settings
 
     settings = get_settings()
     problem = check_redis(settings.redis_url)

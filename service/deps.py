@@ -9,11 +9,11 @@ from fastapi import Depends, Header, Path, Request
 from redis import Redis
 from rq.job import Job
 
+from contract.jobs import JobStore
+from contract.metrics import ApiMetrics
+from contract.settings import Settings, get_settings
+from contract.storage import ImageStorage, LocalImageStorage
 from service.errors import ApiError
-from service.jobs import JobStore
-from service.metrics import ApiMetrics
-from service.settings import Settings, get_settings
-from service.storage import ImageStorage, LocalImageStorage
 
 _JOB_ID = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 # Visible ASCII only: the key is echoed into logs and Redis key names are hashed from it.
@@ -30,8 +30,16 @@ def get_redis(request: Request) -> Redis:
 RedisDep = Annotated[Redis, Depends(get_redis)]
 
 
-def get_store(redis: RedisDep, settings: SettingsDep) -> JobStore:
-    return JobStore(redis, settings)
+def get_metrics(request: Request) -> ApiMetrics:
+    metrics: ApiMetrics = request.app.state.metrics
+    return metrics
+
+
+MetricsDep = Annotated[ApiMetrics, Depends(get_metrics)]
+
+
+def get_store(redis: RedisDep, settings: SettingsDep, metrics: MetricsDep) -> JobStore:
+    return JobStore(redis, settings, metrics)
 
 
 StoreDep = Annotated[JobStore, Depends(get_store)]
@@ -42,14 +50,6 @@ def get_storage(settings: SettingsDep) -> ImageStorage:
 
 
 StorageDep = Annotated[ImageStorage, Depends(get_storage)]
-
-
-def get_metrics(request: Request) -> ApiMetrics:
-    metrics: ApiMetrics = request.app.state.metrics
-    return metrics
-
-
-MetricsDep = Annotated[ApiMetrics, Depends(get_metrics)]
 
 
 def get_job(

@@ -18,7 +18,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from service.jobs import IdempotencyKeyInFlight, IdempotencyKeyReused, JobConflict, QueueFull
+from contract.jobs import IdempotencyKeyInFlight, IdempotencyKeyReused, JobConflict, QueueFull
 
 log = logging.getLogger("unclip.api")
 

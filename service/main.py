@@ -12,11 +12,11 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 from redis import Redis
 
+from contract.metrics import ApiMetrics
+from contract.settings import Settings, get_settings
 from service.errors import install_error_handlers
-from service.metrics import ApiMetrics
 from service.middleware import BodyLimitMiddleware, RequestMetricsMiddleware
 from service.routes import generations, health
-from service.settings import Settings, get_settings
 
 
 def open_redis(settings: Settings) -> Redis:

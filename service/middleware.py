@@ -13,7 +13,7 @@ from typing import Any
 from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from service.metrics import ApiMetrics
+from contract.metrics import ApiMetrics
 
 
 class BodyLimitMiddleware:

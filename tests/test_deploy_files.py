@@ -36,7 +36,7 @@ GRAFANA = DEPLOY / "grafana"
 DASHBOARD = GRAFANA / "dashboards" / "unclip.json"
 COMPOSE_SCHEMA = DEPLOY / "schema" / "compose-spec.json"
 
-# The metric names the service exposes (service/metrics.py); the dashboard may query only these.
+# The metric names the service exposes (contract/metrics.py); the dashboard may query only these.
 METRICS = {
     "unclip_http_requests_total",
     "unclip_queue_depth",
@@ -270,6 +270,19 @@ def test_dockerfile_copy_sources_exist_and_are_not_dockerignored() -> None:
         for source in sources:
             assert (ROOT / source).exists(), f"COPY source {source} missing"
             assert not _dockerignored(source.rstrip("/"), patterns), f"COPY source {source} is dockerignored"
+
+
+def test_dockerfile_copies_every_package_the_project_installs() -> None:
+    """A package left out of the image installs nothing and fails at the first import."""
+    pyproject = tomllib.loads((ROOT / "pyproject.toml").read_text())
+    packages = {p.rstrip("*") for p in pyproject["tool"]["setuptools"]["packages"]["find"]["include"]}
+    copied = {
+        source.rstrip("/")
+        for name, args in dockerfile_instructions()
+        if name == "COPY" and "--from=" not in args
+        for source in [a for a in args.split() if not a.startswith("--")][:-1]
+    }
+    assert packages <= copied, sorted(packages - copied)
 
 
 def test_hadolint_passes() -> None:

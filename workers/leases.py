@@ -14,14 +14,12 @@ jobs of a dead worker within seconds (rq alone notices only at its 10-minute mai
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import threading
 import time
 from collections.abc import Callable, Sequence
 
 from redis import Redis
-from rq.exceptions import InvalidJobOperation
 from rq.job import Job
 from rq.job import JobStatus as RqStatus
 from rq.job_lifecycle import record_job_failure
@@ -29,9 +27,10 @@ from rq.queue import Queue
 from rq.serializers import JSONSerializer
 from rq.worker import BaseWorker
 
-from service.jobs import Keys, dump_meta
-from service.schemas import JobStatus
-from service.settings import Settings
+from contract.connection import as_text
+from contract.jobs import JobStore, dump_meta
+from contract.keys import Keys
+from contract.schemas import JobStatus
 
 log = logging.getLogger("unclip.worker")
 
@@ -45,8 +44,6 @@ if redis.call('LREM', KEYS[1], 1, ARGV[1]) == 1 then
 end
 return 0
 """
-
-FinalCallback = Callable[[Job, JobStatus], None]
 
 
 class Ownership:
@@ -102,19 +99,12 @@ class Lease:
 class Reaper:
     """Finds dead workers and recovers their jobs (safe to run in every worker at once)."""
 
-    def __init__(
-        self,
-        connection: Redis,
-        settings: Settings,
-        queue: Queue,
-        on_final: FinalCallback,
-        worker_name: str | None = None,
-    ):
-        self.connection = connection
-        self.settings = settings
-        self.keys = Keys(settings.key_prefix)
-        self.queue = queue
-        self.on_final = on_final
+    def __init__(self, store: JobStore, worker_name: str | None = None):
+        self.store = store
+        self.connection = store.connection
+        self.settings = store.settings
+        self.keys = store.keys
+        self.queue = store.queue
         self.worker_name = worker_name
 
     def run_once(self) -> list[str]:
@@ -124,7 +114,7 @@ class Reaper:
         return reaped
 
     def _dead_workers(self) -> list[str]:
-        names = sorted(_text(n) for n in self.connection.smembers(self.keys.leases))
+        names = sorted(as_text(n) for n in self.connection.smembers(self.keys.leases))
         names = [n for n in names if n != self.worker_name]
         if not names:
             return []
@@ -138,7 +128,7 @@ class Reaper:
         """Recover worker ``name``'s unfinished jobs and forget it; False if another process is at it."""
         if not self.connection.set(self.keys.reaping(name), 1, nx=True, ex=60):
             return False  # another process is reaping it
-        job_ids = sorted(_text(j) for j in self.connection.smembers(self.keys.owned(name)))
+        job_ids = sorted(as_text(j) for j in self.connection.smembers(self.keys.owned(name)))
         if job_ids:
             log.warning("worker %s is gone; recovering %d job(s)", name, len(job_ids))
         for job_id in job_ids:
@@ -176,32 +166,25 @@ class Reaper:
                 self.queue.push_job_id(job.id, pipeline=pipe, at_front=True)
             else:
                 outcome = JobStatus.FAILED
-                message = f"the worker running this job died {attempts} times (last: {dead_worker})"
-                job.meta.update(error={"code": "worker_lost", "message": message}, finished_at=time.time())
-                record_job_failure(job, f"worker_lost: {message}", pipe)
             pipe.hset(job.key, "meta", dump_meta(job.meta))
             pipe.execute()
         log.warning("job %s of dead worker %s: %s (attempt %d)", job.id, dead_worker, outcome.value, attempts)
         if outcome is JobStatus.CANCELED:
-            self._cancel(job)
-        if outcome.is_terminal():
-            self.on_final(job, outcome)
-
-    def _cancel(self, job: Job) -> None:
-        job.meta["finished_at"] = time.time()
-        job.save_meta()  # type: ignore[no-untyped-call]
-        with contextlib.suppress(InvalidJobOperation):
-            job.cancel()
-        self.connection.expire(job.key, self.settings.record_ttl_s)
+            self.store.record_final(job, outcome)
+        elif outcome is JobStatus.FAILED:
+            message = f"the worker running this job died {attempts} times (last: {dead_worker})"
+            self.store.record_final(
+                job, outcome, error=("worker_lost", message), transition=lambda: _fail(job, message)
+            )
 
     def _rescue_stranded(self) -> None:
         """A job rq moved to the intermediate list whose worker died before claiming it (a
         window of a few milliseconds) is owned by nobody: after one lease period, requeue it."""
-        stranded = [_text(j) for j in self.connection.lrange(self.queue.intermediate_queue_key, 0, -1)]
+        stranded = [as_text(j) for j in self.connection.lrange(self.queue.intermediate_queue_key, 0, -1)]
         if not stranded:
             return
-        owners = [self.keys.owned(_text(n)) for n in self.connection.smembers(self.keys.leases)]
-        owned = {_text(j) for j in self.connection.sunion(owners)} if owners else set()
+        owners = [self.keys.owned(as_text(n)) for n in self.connection.smembers(self.keys.leases)]
+        owned = {as_text(j) for j in self.connection.sunion(owners)} if owners else set()
         for job_id in stranded:
             if job_id in owned:
                 continue
@@ -258,5 +241,8 @@ class PeriodicThread(threading.Thread):
             self.stop_event.wait(self.interval_s)
 
 
-def _text(value: bytes | str) -> str:
-    return value.decode() if isinstance(value, bytes) else value
+def _fail(job: Job, message: str) -> None:
+    """rq's worker-less failure path (FailedJobRegistry and a failure result)."""
+    with job.connection.pipeline() as pipe:
+        record_job_failure(job, f"worker_lost: {message}", pipe)
+        pipe.execute()

@@ -17,11 +17,11 @@ from functools import partial
 from prometheus_client import CollectorRegistry, start_http_server
 from redis import Redis
 
-from service.cli import REDIS_HINT, check_redis
-from service.jobs import JobStore
-from service.metrics import WorkerMetrics
-from service.settings import Settings, get_settings
-from service.storage import LocalImageStorage
+from contract.connection import REDIS_HINT, check_redis
+from contract.jobs import JobStore
+from contract.metrics import WorkerMetrics
+from contract.settings import Settings, get_settings
+from contract.storage import LocalImageStorage
 from workers.leases import Lease, PeriodicThread, Reaper
 from workers.runtime import Runtime, RuntimeState
 from workers.text_cache import TextEncodingCache
@@ -87,7 +87,7 @@ def run(burst: bool = False, name: str | None = None) -> int:
     )
     stop = threading.Event()
     lease = Lease(connection, worker.store.keys, worker.name, settings.lease_ttl_s)
-    reaper = Reaper(connection, settings, worker.store.queue, worker.report_final, worker_name=worker.name)
+    reaper = Reaper(worker.store, worker_name=worker.name)
     lease.renew()
     threads = _start_threads(settings, connection, worker, lease, reaper, storage, stop)
     reaper.run_once()
@@ -99,7 +99,7 @@ def run(burst: bool = False, name: str | None = None) -> int:
             if isinstance(thread, WebhookSender):
                 thread.close()
         # Whatever this worker still owns (a cold stop mid-batch) goes back to the queue now.
-        Reaper(connection, settings, worker.store.queue, worker.report_final).reap(worker.name)
+        Reaper(worker.store).reap(worker.name)
         lease.release()
         metrics.worker_up.set(0)
     return 1 if runtime.state is RuntimeState.DEFUNCT and not burst else 0

@@ -15,7 +15,8 @@ from redis import Redis
 from redis.exceptions import RedisError
 from rq.job import Job
 
-from service.jobs import Keys, dump_meta
+from contract.jobs import dump_meta
+from contract.keys import Keys
 from workers.leases import Ownership
 
 log = logging.getLogger("unclip.worker")

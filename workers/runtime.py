@@ -14,8 +14,8 @@ import time
 from collections.abc import Callable, Collection, Sequence
 from typing import TYPE_CHECKING
 
+from contract.metrics import WorkerMetrics
 from models.configs import SamplingConfig
-from service.metrics import WorkerMetrics
 from workers.text_cache import TextEncodingCache
 
 if TYPE_CHECKING:

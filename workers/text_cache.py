@@ -18,8 +18,8 @@ from collections.abc import Callable, Sequence
 from redis import Redis
 from redis.exceptions import RedisError
 
+from contract.metrics import WorkerMetrics
 from models.clip import TextEncoding
-from service.metrics import WorkerMetrics
 
 log = logging.getLogger("unclip.worker")
 

@@ -1,8 +1,7 @@
-"""Final states: counted once, announced by webhook.
+"""Webhook delivery: what ``JobStore.record_final`` queued when a job ended.
 
-:class:`FinalReporter` is called wherever a job reaches its final state (the worker, the reaper);
-the first caller to set the job's "final" marker counts it in the metrics and queues its webhook
-on the Redis outbox. :class:`WebhookSender`, a thread of every worker, takes deliveries off the
+The one caller that records a job's final state queues its webhook on the Redis outbox
+(``contract.jobs``). :class:`WebhookSender`, a thread of every worker, takes deliveries off the
 outbox (into its own in-flight list, so a dead worker's deliveries are requeued by the reaper),
 signs and POSTs them, retrying with exponential backoff. Delivery happens off the sampling path
 and its failure never touches the job.
@@ -26,13 +25,9 @@ from typing import Any
 
 import httpx
 from redis import Redis
-from rq.job import Job
 
-from service.jobs import JobStore, Keys
-from service.metrics import WorkerMetrics
-from service.schemas import JobStatus
-from service.webhook_targets import refusal_after_dns
-from workers.tasks import GenerationTask
+from contract.keys import Keys
+from contract.webhook_targets import refusal_after_dns
 
 log = logging.getLogger("unclip.webhooks")
 
@@ -47,29 +42,6 @@ def sign(secret: str, body: bytes) -> str:
 
 def verify(secret: str, body: bytes, signature: str) -> bool:
     return hmac.compare_digest(sign(secret, body), signature)
-
-
-class FinalReporter:
-    """Counts a job's final state once and queues its webhook."""
-
-    def __init__(self, store: JobStore, metrics: WorkerMetrics | None):
-        self.store = store
-        self.metrics = metrics
-
-    def __call__(self, job: Job, status: JobStatus) -> None:
-        if not self.store.claim_final(job.id):
-            return
-        if self.metrics is not None:
-            self.metrics.jobs.labels(status.value).inc()
-            created_at = job.meta.get("created_at")
-            if created_at is not None:
-                self.metrics.job_latency.observe(max(0.0, time.time() - float(created_at)))
-        webhook = GenerationTask.from_job(job).request.webhook
-        if webhook is not None:
-            job.refresh()  # type: ignore[no-untyped-call]
-            self.store.push_webhook(
-                str(webhook), self.store.render(job, self.store.settings.public_url or "")
-            )
 
 
 class WebhookSender(threading.Thread):

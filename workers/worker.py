@@ -9,17 +9,18 @@ template-method hook rq calls with each dequeued job. Like ``SimpleWorker`` it n
 2. starts every member through rq's own bookkeeping (``prepare_execution`` and
    ``prepare_job_execution``: StartedJobRegistry, status ``started``);
 3. samples them as one batch (``workers.runtime``), writing progress and watching for cancels;
-4. ends each member through rq's own paths: ``_finalize_success`` (result, FinishedJobRegistry)
-   or ``_finalize_failure`` (exception, FailedJobRegistry); a canceled member through
-   ``job.cancel()`` (CanceledJobRegistry). So ``rq info`` and the registries tell the truth.
+4. ends each member through ``JobStore.record_final`` (the one function that records a job's
+   end: timestamps, the "final" claim, the metric, the webhook), handing it rq's own transition:
+   ``_finalize_success`` (result, FinishedJobRegistry), ``_finalize_failure`` (exception,
+   FailedJobRegistry) or ``job.cancel()`` (CanceledJobRegistry). So ``rq info`` and the
+   registries tell the truth. Those two rq methods are private: pyproject.toml pins the rq
+   releases that have them and tests/workers/test_rq_contract.py checks their signatures.
 
 A SIGTERM during a batch is rq's warm shutdown: the batch finishes, then the worker exits.
 """
 
 from __future__ import annotations
 
-import contextlib
-import io
 import logging
 import sys
 import threading
@@ -31,8 +32,6 @@ from types import TracebackType
 from typing import Any
 
 import numpy as np
-from PIL import Image
-from rq.exceptions import InvalidJobOperation
 from rq.executions import Execution
 from rq.job import Job
 from rq.job import JobStatus as RqStatus
@@ -41,18 +40,18 @@ from rq.serializers import JSONSerializer
 from rq.timeouts import JobTimeoutException
 from rq.worker import BaseWorker, WorkerStatus
 
+from contract.jobs import JobStore, dump_meta
+from contract.metrics import WorkerMetrics
+from contract.schemas import JobStatus
+from contract.settings import Settings
+from contract.storage import ImageStorage, encode_png
+from contract.tasks import GenerationTask
 from models.pipeline import GenerationRequest, stages_for_size
-from service.jobs import JobStore, dump_meta
-from service.metrics import WorkerMetrics
-from service.schemas import JobStatus
-from service.settings import Settings
-from service.storage import ImageStorage
 from workers.batching import Batch, BatchKey, BatchLimits, Candidate
 from workers.leases import Ownership
 from workers.progress import CancelWatch, ProgressWriter
 from workers.runtime import Runtime, RuntimeState
-from workers.tasks import GenerationTask
-from workers.webhooks import FinalReporter
+from workers.tasks import sampling_for
 
 log = logging.getLogger("unclip.worker")
 
@@ -88,9 +87,8 @@ class BatchingWorker(BaseWorker):
         self.settings = settings
         self.storage = storage
         self.metrics = metrics
-        self.store = JobStore(self.connection, settings)
+        self.store = JobStore(self.connection, settings, metrics)
         self.ownership = Ownership(self.connection, self.store.keys, self.store.queue, self.name)
-        self.report_final = FinalReporter(self.store, metrics)
         self.limits = BatchLimits(max_images=settings.max_batch, max_wait_s=settings.max_wait_ms / 1000)
         self._running: list[Member] = []
         self._running_lock = threading.Lock()
@@ -146,7 +144,7 @@ class BatchingWorker(BaseWorker):
         return candidates
 
     def _candidate(self, task: GenerationTask, job_id: str) -> Candidate:
-        key = BatchKey(task.size, task.sampling(self.runtime.default_sampling))
+        key = BatchKey(task.size, sampling_for(task, self.runtime.default_sampling))
         return Candidate(job_id, key, task.request.n)
 
     # -- 2. start -----------------------------------------------------------------------------
@@ -180,7 +178,7 @@ class BatchingWorker(BaseWorker):
         with self.connection.pipeline(transaction=False) as pipe:
             for member in members:
                 assert member.task is not None
-                sampling = member.task.sampling(self.runtime.default_sampling)
+                sampling = sampling_for(member.task, self.runtime.default_sampling)
                 member.job.meta.update(
                     batch_id=batch_id,
                     batch_size=images,
@@ -195,7 +193,7 @@ class BatchingWorker(BaseWorker):
     # -- 3. sample ----------------------------------------------------------------------------
     def _run(self, members: list[Member], queue: Queue) -> None:
         tasks = [m.task for m in members if m.task is not None]
-        size, sampling = tasks[0].size, tasks[0].sampling(self.runtime.default_sampling)
+        size, sampling = tasks[0].size, sampling_for(tasks[0], self.runtime.default_sampling)
         requests = [GenerationRequest(t.request.prompt, t.request.n, t.seed) for t in tasks]
         plan: dict[str, int] = {s: sampling.for_stage(s).steps for s in stages_for_size(size)}
         progress = ProgressWriter(self.connection, [m.job for m in members], plan)
@@ -243,56 +241,57 @@ class BatchingWorker(BaseWorker):
     def _succeed(
         self, member: Member, queue: Queue, images: np.ndarray, timings: dict[str, float], expires_at: float
     ) -> None:
-        job = member.job
+        job, execution = member.job, member.execution
+        assert execution is not None
         try:
             for k, image in enumerate(images):
                 self.storage.put(job.id, k, encode_png(image), expires_at)
         except Exception:
             self._fail(member, queue, sys.exc_info(), "storage_failed")
             return
-        progress = dict(job.meta.get("progress") or {}, fraction=1.0)
-        job.meta.update(
-            images=len(images),
-            timings={k: round(v, 4) for k, v in timings.items()},
-            expires_at=expires_at,
-            finished_at=time.time(),
-            progress=progress,
+        result = {"images": len(images), "expires_at": expires_at}
+        meta = {
+            "images": len(images),
+            "timings": {k: round(v, 4) for k, v in timings.items()},
+            "expires_at": expires_at,
+            "progress": dict(job.meta.get("progress") or {}, fraction=1.0),
+        }
+        self._end(
+            member,
+            JobStatus.SUCCEEDED,
+            meta=meta,
+            transition=lambda: self._finalize_success(job, queue, execution, result),
         )
-        job.save_meta()  # type: ignore[no-untyped-call]
-        assert member.execution is not None
-        self._finalize_success(
-            job, queue, member.execution, {"images": len(images), "expires_at": expires_at}
-        )
-        self._done(member, JobStatus.SUCCEEDED)
         if self.metrics is not None:
             self.metrics.images.inc(len(images))
 
     def _fail(self, member: Member, queue: Queue, exc_info: ExcInfo, code: str) -> None:
-        job, exc = member.job, exc_info[1]
+        job, execution, exc = member.job, member.execution, exc_info[1]
+        assert execution is not None
         message = f"{type(exc).__name__}: {exc}" if exc is not None else "unknown error"
-        job.meta.update(error={"code": code, "message": message[:500]}, finished_at=time.time())
-        job.save_meta()  # type: ignore[no-untyped-call]
-        assert member.execution is not None
-        self._finalize_failure(job, queue, member.execution, exc_info)
-        self._done(member, JobStatus.FAILED)
+        self._end(
+            member,
+            JobStatus.FAILED,
+            error=(code, message),
+            transition=lambda: self._finalize_failure(job, queue, execution, exc_info),
+        )
 
     def _finish_canceled(self, member: Member) -> None:
         """A member canceled mid-batch: end its execution, then rq's cancel (CanceledJobRegistry)."""
-        job = member.job
         with self.connection.pipeline() as pipe:
-            self.cleanup_execution(job, pipeline=pipe, execution=member.execution)
+            self.cleanup_execution(member.job, pipeline=pipe, execution=member.execution)
             pipe.execute()
-        job.meta.update(finished_at=time.time(), progress=None)
-        job.save_meta()  # type: ignore[no-untyped-call]
-        self._cancel_unstarted(job)
-        self._set_running([m for m in self._snapshot_running() if m is not member])
+        self._end(member, JobStatus.CANCELED)
 
     def _cancel_unstarted(self, job: Job) -> None:
-        with contextlib.suppress(InvalidJobOperation):
-            job.cancel()
-        self.connection.expire(job.key, self.settings.record_ttl_s)
         self.ownership.release(job.id)
-        self.report_final(job, JobStatus.CANCELED)
+        self.store.record_final(job, JobStatus.CANCELED)
+
+    def _end(self, member: Member, status: JobStatus, **final: Any) -> None:
+        """Record the member's final state (``JobStore.record_final``) and let go of it."""
+        self.store.record_final(member.job, status, **final)
+        self.ownership.release(member.job.id)
+        self._set_running([m for m in self._snapshot_running() if m is not member])
 
     def _abandon(self, member: Member) -> None:
         """The reaper took the job over (this worker stalled past its lease): record nothing."""
@@ -300,11 +299,6 @@ class BatchingWorker(BaseWorker):
         if member.execution is not None:
             self.executions.pop(member.execution.id, None)
         self._set_running([m for m in self._snapshot_running() if m is not member])
-
-    def _done(self, member: Member, status: JobStatus) -> None:
-        self.ownership.release(member.job.id)
-        self._set_running([m for m in self._snapshot_running() if m is not member])
-        self.report_final(member.job, status)
 
     # -- heartbeats (called by the lease thread) ----------------------------------------------
     def heartbeat_running(self) -> None:
@@ -328,10 +322,3 @@ def _member(job: Job) -> Member:
     except Exception:
         log.warning("job %s has an unreadable payload", job.id, exc_info=True)
         return Member(job, None)
-
-
-def encode_png(image: np.ndarray) -> bytes:
-    """uint8 [H x W x 3] → PNG bytes."""
-    buffer = io.BytesIO()
-    Image.fromarray(image, mode="RGB").save(buffer, format="PNG")
-    return buffer.getvalue()

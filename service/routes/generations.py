@@ -2,17 +2,16 @@
 
 from __future__ import annotations
 
-import time
 from typing import Any
 
 from fastapi import APIRouter, Request, Response
 from fastapi.responses import FileResponse
 
-from service.deps import IdempotencyKeyDep, JobDep, MetricsDep, SettingsDep, StorageDep, StoreDep
+from contract.jobs import public_status
+from contract.schemas import ErrorResponse, GenerateRequest, JobPublic, JobStatus, JobStatusResponse
+from contract.webhook_targets import refusal_without_dns
+from service.deps import IdempotencyKeyDep, JobDep, SettingsDep, StorageDep, StoreDep
 from service.errors import ApiError
-from service.jobs import public_status
-from service.schemas import ErrorResponse, GenerateRequest, JobPublic, JobStatus, JobStatusResponse
-from service.webhook_targets import refusal_without_dns
 
 router = APIRouter(tags=["generations"])
 _ERRORS: dict[int | str, dict[str, Any]] = {
@@ -61,22 +60,17 @@ def read_image(job: JobDep, index: int, storage: StorageDep) -> FileResponse:
         raise ApiError(409, "job_not_finished", f"the job is {status.value}; images come when it succeeds")
     if status is not JobStatus.SUCCEEDED or not 0 <= index < int(job.meta.get("images", 0)):
         raise ApiError(404, "image_not_found", f"the job has no image {index}", "index")
-    expires_at = job.meta.get("expires_at")
-    path = storage.path(job.id, index)
-    if path is None or (expires_at is not None and expires_at <= time.time()):
+    path = storage.path(job.id, index, job.meta.get("expires_at"))  # None once expired
+    if path is None:
         raise ApiError(404, "result_expired", "the job's images expired and were deleted", "index")
     return FileResponse(path, media_type="image/png", filename=f"{job.id}-{index}.png")
 
 
 @router.delete("/jobs/{job_id}", response_model=JobStatusResponse, responses=_ERRORS)
 @router.post("/jobs/{job_id}/cancel", response_model=JobStatusResponse, responses=_ERRORS)
-def cancel_job(
-    job: JobDep, request: Request, response: Response, store: StoreDep, metrics: MetricsDep
-) -> JobStatusResponse:
+def cancel_job(job: JobDep, request: Request, response: Response, store: StoreDep) -> JobStatusResponse:
     """Cancel a queued job (200) or ask a running one to stop at its next step (202)."""
     outcome = store.cancel(job)
-    if outcome.newly_final:
-        metrics.jobs.labels(JobStatus.CANCELED.value).inc()
     response.status_code = 200 if outcome.status is JobStatus.CANCELED else 202
     job.refresh()  # type: ignore[no-untyped-call]
     return store.render(job, str(request.base_url))

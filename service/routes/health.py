@@ -5,9 +5,9 @@ from __future__ import annotations
 from fastapi import APIRouter, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
+from contract.schemas import ErrorResponse, Health, Readiness
 from service.deps import MetricsDep, RedisDep, StoreDep
 from service.errors import ApiError
-from service.schemas import ErrorResponse, Health, Readiness
 
 router = APIRouter(tags=["health"])
 

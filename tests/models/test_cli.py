@@ -14,7 +14,7 @@ FAST_STEPS = ["--steps-prior", "2", "--steps-decoder", "2", "--steps-sr256", "1"
 
 
 def unclip(*args: str) -> subprocess.CompletedProcess[str]:
-    command = [sys.executable, "-m", "models.cli", *args]
+    command = [sys.executable, "-m", "cli.main", *args]
     return subprocess.run(command, capture_output=True, text=True, timeout=600, check=False)
 
 

@@ -11,8 +11,8 @@ import pytest
 from fastapi.testclient import TestClient
 from pydantic import SecretStr
 
+from contract.settings import Settings
 from service.main import create_app
-from service.settings import Settings
 from tests.conftest import free_port
 
 

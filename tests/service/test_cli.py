@@ -1,4 +1,4 @@
-"""service.cli: the subcommands, the Redis-missing error, and ``serve`` running for real."""
+"""service.cli (and the root command): the subcommands, the Redis-missing error, and ``serve`` running for real."""
 
 from __future__ import annotations
 
@@ -12,19 +12,21 @@ from pathlib import Path
 
 import httpx
 
-from service.cli import register
+from cli.main import build_parser, chosen_command
 from tests.conftest import TEST_REDIS_URL, free_port
 from tests.workers.harness import REPO, steps, wait_for
 
 
-def test_register_adds_api_worker_and_serve() -> None:
-    parser = argparse.ArgumentParser()
-    register(parser.add_subparsers(dest="command", required=True))
-    api = parser.parse_args(["api", "--host", "0.0.0.0", "--port", "9000", "--workers", "2"])
+def parse(argv: list[str]) -> argparse.Namespace:
+    return build_parser(chosen_command(argv)).parse_args(argv)
+
+
+def test_root_command_parses_api_worker_and_serve() -> None:
+    api = parse(["api", "--host", "0.0.0.0", "--port", "9000", "--workers", "2"])
     assert (api.host, api.port, api.workers) == ("0.0.0.0", 9000, 2) and callable(api.func)
-    worker = parser.parse_args(["worker", "--burst"])
+    worker = parse(["worker", "--burst"])
     assert worker.burst is True and callable(worker.func)
-    serve = parser.parse_args(["serve"])
+    serve = parse(["serve"])
     assert (serve.host, serve.port) == ("127.0.0.1", 8000) and callable(serve.func)
 
 

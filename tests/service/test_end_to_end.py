@@ -24,7 +24,7 @@ from rq.job import Job
 from rq.registry import CanceledJobRegistry, FinishedJobRegistry, StartedJobRegistry
 from rq.serializers import JSONSerializer
 
-from service.settings import Settings
+from contract.settings import Settings
 from tests.conftest import TEST_REDIS_URL, free_port
 from tests.workers.harness import FAST, ApiServer, WorkerProcess, steps, wait_for, workers
 

@@ -21,8 +21,8 @@ import httpx
 import uvicorn
 from redis import Redis
 
+from contract.settings import Settings
 from service.main import create_app
-from service.settings import Settings
 from tests.conftest import free_port
 
 REPO = Path(__file__).resolve().parents[2]

@@ -14,13 +14,13 @@ from rq.job import Job
 from rq.registry import FailedJobRegistry, FinishedJobRegistry, StartedJobRegistry
 from rq.serializers import JSONSerializer
 
-from service.jobs import JobStore
-from service.schemas import GenerateRequest
-from service.settings import Settings, get_settings
-from service.storage import LocalImageStorage
+from contract.jobs import JobStore
+from contract.schemas import GenerateRequest
+from contract.settings import Settings, get_settings
+from contract.storage import LocalImageStorage
+from contract.tasks import JOB_FUNC
 from tests.workers.harness import FAST, settings_env, steps
 from workers.main import run
-from workers.tasks import JOB_FUNC
 
 
 @pytest.fixture

@@ -11,10 +11,10 @@ from redis import Redis
 from rq.job import Job
 from rq.serializers import JSONSerializer
 
+from contract.jobs import JobStore
+from contract.schemas import GenerateRequest
+from contract.settings import Settings
 from models.clip import TextEncoding
-from service.jobs import JobStore
-from service.schemas import GenerateRequest
-from service.settings import Settings
 from workers.leases import Ownership
 from workers.progress import CancelWatch, ProgressWriter
 from workers.text_cache import TextEncodingCache, normalize_prompt

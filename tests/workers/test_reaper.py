@@ -19,9 +19,9 @@ from rq.registry import CanceledJobRegistry, FailedJobRegistry, StartedJobRegist
 from rq.serializers import JSONSerializer
 from rq.worker import SimpleWorker
 
-from service.jobs import JobStore
-from service.schemas import GenerateRequest, JobStatus
-from service.settings import Settings
+from contract.jobs import JobStore
+from contract.schemas import GenerateRequest, JobStatus
+from contract.settings import Settings
 from workers.leases import Lease, Ownership, Reaper
 
 
@@ -43,11 +43,17 @@ def store(redis: Redis, settings: Settings) -> JobStore:
 
 
 class Finals:
-    def __init__(self) -> None:
-        self.calls: list[tuple[str, JobStatus]] = []
+    """The metrics ``JobStore.record_final`` counts into: which final states were counted."""
 
-    def __call__(self, job: Job, status: JobStatus) -> None:
-        self.calls.append((job.id, status))
+    def __init__(self) -> None:
+        self.calls: list[JobStatus] = []
+
+    def count_final(self, status: str, latency_s: float | None) -> None:
+        self.calls.append(JobStatus(status))
+
+
+def reaper(store: JobStore, finals: Finals, worker_name: str | None = None) -> Reaper:
+    return Reaper(JobStore(store.connection, store.settings, finals), worker_name=worker_name)
 
 
 def start_on_dead_worker(store: JobStore, redis: Redis, name: str, attempts: int = 0) -> Job:
@@ -76,7 +82,7 @@ def test_a_dead_workers_job_is_requeued_at_the_front(
     assert store.queue.get_job_ids() == [waiting.id]
     assert job.id in StartedJobRegistry(settings.queue, connection=redis)
     finals = Finals()
-    assert Reaper(redis, settings, store.queue, finals).run_once() == [f"{settings.queue}-dead-1"]
+    assert reaper(store, finals).run_once() == [f"{settings.queue}-dead-1"]
     job = store.fetch(job.id)  # type: ignore[assignment]
     assert job.get_status() is RqStatus.QUEUED and job.meta["attempts"] == 1
     assert store.queue.get_job_ids() == [job.id, waiting.id]  # first in line again
@@ -95,13 +101,13 @@ def test_after_the_retry_limit_the_job_fails_with_worker_lost(
         store, redis, f"{settings.queue}-dead-2", attempts=settings.max_worker_lost_retries
     )
     finals = Finals()
-    Reaper(redis, settings, store.queue, finals).run_once()
+    reaper(store, finals).run_once()
     job = store.fetch(job.id)  # type: ignore[assignment]
     assert job.get_status() is RqStatus.FAILED
     assert job.meta["error"]["code"] == "worker_lost"
     assert job.id in FailedJobRegistry(settings.queue, connection=redis)
     assert store.render(job).error is not None
-    assert finals.calls == [(job.id, JobStatus.FAILED)]
+    assert finals.calls == [JobStatus.FAILED] and redis.exists(store.keys.final(job.id))
     assert job.id not in store.queue.get_job_ids()
 
 
@@ -111,24 +117,24 @@ def test_a_canceled_job_of_a_dead_worker_ends_canceled(
     job = start_on_dead_worker(store, redis, f"{settings.queue}-dead-3")
     store.cancel(job)  # running: only flagged
     finals = Finals()
-    Reaper(redis, settings, store.queue, finals).run_once()
+    reaper(store, finals).run_once()
     assert store.fetch(job.id).get_status() is RqStatus.CANCELED  # type: ignore[union-attr]
     assert job.id in CanceledJobRegistry(settings.queue, connection=redis)
-    assert finals.calls == [(job.id, JobStatus.CANCELED)]
+    assert finals.calls == [JobStatus.CANCELED] and redis.exists(store.keys.final(job.id))
 
 
 def test_live_workers_are_left_alone(store: JobStore, redis: Redis, settings: Settings) -> None:
     job = start_on_dead_worker(store, redis, f"{settings.queue}-alive")
     Lease(redis, store.keys, f"{settings.queue}-alive", settings.lease_ttl_s).renew()
-    assert Reaper(redis, settings, store.queue, Finals()).run_once() == []
+    assert reaper(store, Finals()).run_once() == []
     assert store.fetch(job.id).get_status() is RqStatus.STARTED  # type: ignore[union-attr]
     assert store.live_workers() == 1
 
 
 def test_two_reapers_recover_a_job_once(store: JobStore, redis: Redis, settings: Settings) -> None:
     job = start_on_dead_worker(store, redis, f"{settings.queue}-dead-4")
-    first = Reaper(redis, settings, store.queue, Finals(), worker_name="a").run_once()
-    second = Reaper(redis, settings, store.queue, Finals(), worker_name="b").run_once()
+    first = reaper(store, Finals(), worker_name="a").run_once()
+    second = reaper(store, Finals(), worker_name="b").run_once()
     assert first == [f"{settings.queue}-dead-4"] and second == []
     assert store.queue.get_job_ids().count(job.id) == 1
 
@@ -139,10 +145,10 @@ def test_a_job_stranded_between_dequeue_and_claim_is_requeued(
     job = store.submit_request(GenerateRequest(prompt="stranded", seed=3)).job
     Queue.dequeue_any([store.queue], None, connection=redis, serializer=JSONSerializer)  # then "died"
     assert store.queue.get_job_ids() == []
-    reaper = Reaper(redis, settings, store.queue, Finals())
-    reaper.run_once()  # first sighting: could be a live worker about to claim it
+    recovery = reaper(store, Finals())
+    recovery.run_once()  # first sighting: could be a live worker about to claim it
     assert store.queue.get_job_ids() == []
     time.sleep(settings.lease_ttl_s + 0.2)
-    reaper.run_once()
+    recovery.run_once()
     assert store.queue.get_job_ids() == [job.id]
     assert redis.lrange(store.queue.intermediate_queue_key, 0, -1) == []

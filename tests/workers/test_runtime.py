@@ -13,9 +13,9 @@ import pytest
 import torch
 from prometheus_client import CollectorRegistry
 
+from contract.metrics import WorkerMetrics
 from models.clip import TextEncoding
 from models.configs import SamplingConfig, get_config
-from service.metrics import WorkerMetrics
 from workers.runtime import InvalidStateError, Runtime, RuntimeState
 from workers.text_cache import TextEncodingCache
 

@@ -10,7 +10,7 @@ from typing import Any, ClassVar
 import pytest
 from redis import Redis
 
-from service.jobs import Keys
+from contract.keys import Keys
 from tests.conftest import free_port
 from workers.webhooks import WebhookSender, sign, verify
 

@@ -14,9 +14,9 @@ from redis import Redis
 from rq.job import JobStatus as RqStatus
 from rq.registry import FinishedJobRegistry, StartedJobRegistry
 
-from service.jobs import JobStore
-from service.schemas import GenerateRequest
-from service.settings import Settings
+from contract.jobs import JobStore
+from contract.schemas import GenerateRequest
+from contract.settings import Settings
 from tests.workers.harness import WorkerProcess, steps, wait_for, workers
 
 SLOW = steps(30)  # long enough to kill a worker in the middle

@@ -2,25 +2,25 @@
 
 ``GenerateRequest`` is what a client sends (the "Create" model); ``JobPublic`` is the answer to
 a submit and ``JobStatusResponse`` the full record read back; ``ErrorResponse`` is the one error
-shape. ``GenerateRequest.to_sampling`` turns the optional per-stage overrides into the model's
-``SamplingConfig`` (vLLM's ``to_sampling_params``).
+shape. ``GenerateRequest.sampling_overrides`` hands the optional per-stage overrides to the worker,
+which applies them to the loaded model's sampling defaults.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import replace
 from enum import StrEnum
-from typing import Annotated, Literal
+from typing import Annotated, Literal, get_args
 
 from pydantic import AnyHttpUrl, BaseModel, ConfigDict, Field, UrlConstraints, field_validator
 
-from models.configs import SamplingConfig, StageName
-
 MAX_SEED = 2**31 - 1
-SIZES: dict[str, int] = {"64x64": 64, "256x256": 256, "512x512": 512, "1024x1024": 1024}
+DIFFUSION_STAGES = ("prior", "decoder", "sr256", "sr1024")
+# The one list of output sizes the service offers (the models' chain makes any side up to its
+# last upsampler's: models.pipeline.stages_for_size).
 SizeName = Literal["64x64", "256x256", "512x512", "1024x1024"]
+SIZES: dict[str, int] = {name: int(name.split("x")[0]) for name in get_args(SizeName)}
 WebhookUrl = Annotated[AnyHttpUrl, UrlConstraints(max_length=2048, allowed_schemes=["http", "https"])]
 
 
@@ -94,21 +94,19 @@ class GenerateRequest(BaseModel):
     def side(self) -> int:
         return SIZES[self.size]
 
-    def to_sampling(self, defaults: SamplingConfig) -> SamplingConfig:
-        """The model's default sampling settings with this request's overrides applied."""
-        sampling = defaults
-        stages: tuple[StageName, ...] = ("prior", "decoder", "sr256", "sr1024")
-        for stage in stages:
-            current = sampling.for_stage(stage)
-            steps = getattr(self.steps, stage, None) if self.steps else None
-            guidance = getattr(self.guidance, stage, None) if self.guidance else None
-            updated = replace(
-                current,
-                steps=steps if steps is not None else current.steps,
-                guidance=guidance if guidance is not None else current.guidance,
-            )
-            sampling = replace(sampling, **{stage: updated})
-        return sampling
+    def sampling_overrides(self) -> dict[str, dict[str, int | float | None]]:
+        """``{stage: {"steps": ..., "guidance": ...}}`` as asked (None: the model's default).
+
+        The worker applies them to the loaded model's defaults
+        (``models.configs.SamplingConfig.with_overrides``): the API never loads a model.
+        """
+        return {
+            stage: {
+                "steps": getattr(self.steps, stage, None) if self.steps else None,
+                "guidance": getattr(self.guidance, stage, None) if self.guidance else None,
+            }
+            for stage in DIFFUSION_STAGES
+        }
 
     def fingerprint(self) -> str:
         """A digest of the request as sent, for matching an ``Idempotency-Key`` replay."""

@@ -1,4 +1,4 @@
-"""service.settings: one class, UNCLIP_ environment variables, refused placeholder secrets."""
+"""contract.settings: one class, UNCLIP_ environment variables, refused placeholder secrets."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 from pydantic import ValidationError
 
-from service.settings import Settings, get_settings
+from contract.settings import Settings, get_settings
 
 
 def test_reads_the_unclip_environment(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -1,4 +1,4 @@
-"""service.schemas: request bounds, sampling overrides, idempotency fingerprints, statuses."""
+"""contract.schemas: request bounds, idempotency fingerprints, statuses."""
 
 from __future__ import annotations
 
@@ -7,8 +7,7 @@ from typing import Any
 import pytest
 from pydantic import ValidationError
 
-from models.configs import SamplingConfig, StageSampling
-from service.schemas import MAX_SEED, GenerateRequest, JobStatus
+from contract.schemas import MAX_SEED, GenerateRequest, JobStatus
 
 
 @pytest.mark.parametrize(
@@ -53,21 +52,6 @@ def test_accepts_the_full_range() -> None:
         }
     )
     assert request.side == 1024 and request.seed == MAX_SEED
-
-
-def test_to_sampling_overrides_only_what_was_given() -> None:
-    defaults = SamplingConfig(
-        prior=StageSampling(steps=16, guidance=1.0),
-        decoder=StageSampling(steps=20, guidance=3.0, sampler="ddpm"),
-        sr256=StageSampling(steps=8),
-        sr1024=StageSampling(steps=5),
-    )
-    request = GenerateRequest(prompt="a", steps={"decoder": 4, "sr256": 2}, guidance={"decoder": 5.5})
-    sampling = request.to_sampling(defaults)
-    assert sampling.decoder == StageSampling(steps=4, guidance=5.5, sampler="ddpm")
-    assert sampling.sr256 == StageSampling(steps=2)
-    assert sampling.prior == defaults.prior and sampling.sr1024 == defaults.sr1024
-    assert GenerateRequest(prompt="a").to_sampling(defaults) == defaults
 
 
 def test_fingerprint_matches_equal_requests_only() -> None:

@@ -10,10 +10,11 @@ process count and announce a job's end.
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
+import re
 import secrets
 import time
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -25,7 +26,10 @@ from rq.job import JobStatus as RqStatus
 from rq.queue import Queue
 from rq.serializers import JSONSerializer
 
-from service.schemas import (
+from contract.connection import as_text
+from contract.keys import Keys
+from contract.metrics import FinalStateMetrics
+from contract.schemas import (
     MAX_SEED,
     GenerateRequest,
     ImageLink,
@@ -36,8 +40,9 @@ from service.schemas import (
     Progress,
     StageParams,
 )
-from service.settings import Settings
-from workers.tasks import JOB_FUNC, GenerationTask
+from contract.settings import Settings
+from contract.storage import has_expired
+from contract.tasks import JOB_FUNC, GenerationTask
 
 _RQ_TO_PUBLIC = {
     RqStatus.CREATED: JobStatus.QUEUED,
@@ -52,39 +57,6 @@ _RQ_TO_PUBLIC = {
     RqStatus.STOPPED: JobStatus.FAILED,
     RqStatus.CANCELED: JobStatus.CANCELED,
 }
-
-
-class Keys:
-    """Names of our Redis keys for one queue (rq's own keys keep their ``rq:`` prefix)."""
-
-    def __init__(self, prefix: str):
-        self.prefix = prefix
-        self.leases = f"{prefix}:workers"  # set: names of workers that hold (or held) a lease
-        self.webhooks = f"{prefix}:webhooks"  # list: webhook deliveries waiting for a sender
-
-    def lease(self, worker: str) -> str:
-        return f"{self.prefix}:lease:{worker}"
-
-    def owned(self, worker: str) -> str:
-        return f"{self.prefix}:owned:{worker}"
-
-    def reaping(self, worker: str) -> str:
-        return f"{self.prefix}:reaping:{worker}"
-
-    def webhooks_inflight(self, worker: str) -> str:
-        return f"{self.prefix}:webhooks:inflight:{worker}"
-
-    def cancel(self, job_id: str) -> str:
-        return f"{self.prefix}:cancel:{job_id}"
-
-    def final(self, job_id: str) -> str:
-        return f"{self.prefix}:final:{job_id}"
-
-    def idempotency(self, key: str) -> str:
-        return f"{self.prefix}:idem:{hashlib.sha256(key.encode()).hexdigest()}"
-
-    def intermediate_seen(self, job_id: str) -> str:
-        return f"{self.prefix}:limbo:{job_id}"
 
 
 class JobConflict(Exception):
@@ -143,16 +115,31 @@ def public_status(job: Job) -> JobStatus:
     return _RQ_TO_PUBLIC.get(job.get_status(refresh=False), JobStatus.QUEUED)
 
 
+# An absolute path (two or more segments) in an error message: the client learns nothing from
+# it but the server's layout.
+_SERVER_PATH = re.compile(r"(?<![\w.:/])/(?:[\w.@+-]+/)+[\w.@+-]*")
+
+
+def public_message(message: str) -> str:
+    """An error message fit for a client: server paths replaced, at most 500 characters."""
+    return _SERVER_PATH.sub("<path>", message)[:500]
+
+
 def _timestamp(value: datetime | None) -> float | None:
     return value.timestamp() if value is not None else None
 
 
 class JobStore:
-    """Submit, read, render and cancel generation jobs."""
+    """Submit, read, render, cancel and finish generation jobs.
 
-    def __init__(self, connection: Redis, settings: Settings):
+    ``metrics`` is where this process counts the final states it records (the API's or the
+    worker's registry); None counts nothing.
+    """
+
+    def __init__(self, connection: Redis, settings: Settings, metrics: FinalStateMetrics | None = None):
         self.connection = connection
         self.settings = settings
+        self.metrics = metrics
         self.keys = Keys(settings.key_prefix)
         self.queue = Queue(settings.queue, connection=connection, serializer=JSONSerializer)
 
@@ -250,7 +237,7 @@ class JobStore:
         position = self.queue.get_job_position(job.id) if status is JobStatus.QUEUED else None
         expires_at = meta.get("expires_at")
         images: list[ImageLink] = []
-        if status is JobStatus.SUCCEEDED and (expires_at is None or expires_at > time.time()):
+        if status is JobStatus.SUCCEEDED and not has_expired(expires_at):
             base = base_url.rstrip("/")
             images = [
                 ImageLink(index=k, url=f"{base}/jobs/{job.id}/images/{k}.png")
@@ -297,18 +284,60 @@ class JobStore:
         self.connection.set(self.keys.cancel(job.id), 1, ex=self.settings.record_ttl_s)
         if status is not JobStatus.QUEUED:
             return CancelOutcome(status, newly_final=False)
-        with contextlib.suppress(InvalidJobOperation):
-            job.cancel()
-        job.meta["finished_at"] = time.time()
+        newly_final = self.record_final(job, JobStatus.CANCELED)
+        return CancelOutcome(JobStatus.CANCELED, newly_final=newly_final)
+
+    # -- the end of a job ---------------------------------------------------------------------
+    def record_final(
+        self,
+        job: Job,
+        status: JobStatus,
+        *,
+        transition: Callable[[], object] | None = None,
+        error: tuple[str, str] | None = None,
+        meta: Mapping[str, Any] | None = None,
+    ) -> bool:
+        """Record that ``job`` ended in ``status``: the one way a job reaches a final state.
+
+        Called by the cancel route, the worker (success, failure, cancel) and the reaper alike,
+        in this order, so a reader never sees a final status without its timestamp and a webhook
+        never describes an unfinished job:
+
+        1. ``meta``: ``finished_at``; ``error`` = (code, message) for a failure, the message
+           stripped of server paths; progress cleared for a cancel; plus the caller's ``meta``
+           (images, timings, expiry of a success);
+        2. rq's own transition, so its registries tell the truth: ``transition`` (the worker's
+           ``_finalize_success``/``_finalize_failure``, the reaper's ``record_job_failure``), or for
+           a cancel without one, ``job.cancel()`` (CanceledJobRegistry);
+        3. a canceled record expires after ``record_ttl_s`` like a finished one;
+        4. the "final" claim (SET NX): the one caller that wins counts the metric and queues the
+           webhook. Returns True for that caller.
+        """
+        updates: dict[str, Any] = {"finished_at": time.time(), **(meta or {})}
+        if error is not None:
+            updates["error"] = {"code": error[0], "message": public_message(error[1])}
+        if status is JobStatus.CANCELED:
+            updates["progress"] = None
+        job.meta.update(updates)
         job.save_meta()  # type: ignore[no-untyped-call]
-        self.connection.expire(job.key, self.settings.record_ttl_s)
+        if transition is not None:
+            transition()
+        elif status is JobStatus.CANCELED:
+            with contextlib.suppress(InvalidJobOperation):
+                job.cancel()
+        if status is JobStatus.CANCELED:
+            self.connection.expire(job.key, self.settings.record_ttl_s)
         if not self.claim_final(job.id):
-            return CancelOutcome(JobStatus.CANCELED, newly_final=False)
-        job.refresh()  # type: ignore[no-untyped-call]
+            return False
+        if self.metrics is not None:
+            created_at = job.meta.get("created_at")
+            latency = time.time() - float(created_at) if created_at is not None else None
+            self.metrics.count_final(status.value, latency)
         webhook = GenerationTask.from_job(job).request.webhook
         if webhook is not None:
+            job.refresh()  # type: ignore[no-untyped-call]
             self.push_webhook(str(webhook), self.render(job, self.settings.public_url or ""))
-        return CancelOutcome(JobStatus.CANCELED, newly_final=True)
+        return True
 
     def claim_final(self, job_id: str) -> bool:
         """True for the one caller that gets to count and announce the job's final state."""
@@ -327,9 +356,7 @@ class JobStore:
     # -- workers ------------------------------------------------------------------------------
     def live_workers(self) -> int:
         """Workers whose lease is current (a kill -9'd worker drops out within ``lease_ttl_s``)."""
-        names = [
-            n.decode() if isinstance(n, bytes) else str(n) for n in self.connection.smembers(self.keys.leases)
-        ]
+        names = [as_text(n) for n in self.connection.smembers(self.keys.leases)]
         if not names:
             return 0
         with self.connection.pipeline(transaction=False) as pipe:

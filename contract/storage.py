@@ -1,4 +1,5 @@
-"""Where generated images live: outside Redis, behind a small backend interface.
+"""Where generated images live: outside Redis, behind a small backend interface; how they are
+encoded (PNG) and the one rule for when a result has expired.
 
 The default backend is a local directory (a shared volume when the API and the workers run on
 different machines). Files are written atomically (a temp file in the same directory, fsync,
@@ -9,6 +10,7 @@ time so a cleanup pass can delete what is past it.
 from __future__ import annotations
 
 import contextlib
+import io
 import json
 import os
 import re
@@ -16,11 +18,29 @@ import shutil
 import tempfile
 import time
 from pathlib import Path
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
+
+if TYPE_CHECKING:
+    import numpy as np
 
 _JOB_ID = re.compile(r"^[A-Za-z0-9_-]{1,128}$")
 _EXPIRY_FILE = "expires.json"
 _ORPHAN_AGE_S = 3600.0
+
+
+def has_expired(expires_at: float | None, now: float | None = None) -> bool:
+    """The expiry rule for a job's images: gone from ``expires_at`` (unix seconds) on; a result
+    without an expiry never expires."""
+    return expires_at is not None and expires_at <= (time.time() if now is None else now)
+
+
+def encode_png(image: np.ndarray) -> bytes:
+    """uint8 [H x W x 3] → PNG bytes."""
+    from PIL import Image  # here, not at import: the API process never encodes an image
+
+    buffer = io.BytesIO()
+    Image.fromarray(image, mode="RGB").save(buffer, format="PNG")
+    return buffer.getvalue()
 
 
 class ImageStorage(Protocol):
@@ -28,8 +48,9 @@ class ImageStorage(Protocol):
 
     def put(self, job_id: str, index: int, png: bytes, expires_at: float) -> None: ...
 
-    def path(self, job_id: str, index: int) -> Path | None:
-        """The stored PNG, or None when it is missing or expired."""
+    def path(self, job_id: str, index: int, expires_at: float | None = None) -> Path | None:
+        """The stored PNG, or None when it is missing or expired: by ``expires_at`` (the job
+        record's) when given, else by the expiry stored with the images."""
         ...
 
     def delete(self, job_id: str) -> None: ...
@@ -58,13 +79,14 @@ class LocalImageStorage:
         _atomic_write(directory / _EXPIRY_FILE, json.dumps({"expires_at": expires_at}).encode())
         _atomic_write(directory / f"{index}.png", png)
 
-    def path(self, job_id: str, index: int) -> Path | None:
+    def path(self, job_id: str, index: int, expires_at: float | None = None) -> Path | None:
         try:
             directory = self._job_dir(job_id)
         except ValueError:
             return None
-        expires_at = _read_expiry(directory)
-        if index < 0 or expires_at is None or expires_at <= time.time():
+        if expires_at is None:
+            expires_at = _read_expiry(directory)
+        if index < 0 or expires_at is None or has_expired(expires_at):
             return None
         file = directory / f"{index}.png"
         return file if file.is_file() else None
@@ -120,7 +142,7 @@ def _is_expired(directory: Path, now: float) -> bool:
             return directory.stat().st_mtime < now - _ORPHAN_AGE_S
         except OSError:
             return False
-    return expires_at <= now
+    return has_expired(expires_at, now)
 
 
 def _remove_if_empty(directory: Path) -> None:

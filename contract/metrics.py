@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable, Iterator
+from typing import Protocol
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.core import GaugeMetricFamily, Metric
@@ -20,6 +21,12 @@ from prometheus_client.registry import Collector
 # Seconds-to-minutes: one 64x64 preview on a GPU to a queue backed up for ten minutes.
 LATENCY_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 20.0, 30.0, 60.0, 120.0, 300.0, 600.0)
 BATCH_BUCKETS = (1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 48, 64)
+
+
+class FinalStateMetrics(Protocol):
+    """Where ``JobStore.record_final`` counts a job's end (once per job, in whichever process won)."""
+
+    def count_final(self, status: str, latency_s: float | None) -> None: ...
 
 
 def multiprocess_dir() -> str | None:
@@ -52,6 +59,10 @@ class ApiMetrics:
             registry=registry,
         )
         self.jobs = Counter("unclip_jobs_total", "Jobs by final status", ["status"], registry=registry)
+
+    def count_final(self, status: str, latency_s: float | None) -> None:
+        """A job ended through this process (a cancel of a queued job); latency is the worker's."""
+        self.jobs.labels(status).inc()
 
     @classmethod
     def create(cls) -> ApiMetrics:
@@ -127,3 +138,8 @@ class WorkerMetrics:
         self.gpu_memory = Gauge(
             "unclip_gpu_memory_bytes", "GPU memory allocated by this worker (CUDA only)", registry=registry
         )
+
+    def count_final(self, status: str, latency_s: float | None) -> None:
+        self.jobs.labels(status).inc()
+        if latency_s is not None:
+            self.job_latency.observe(max(0.0, latency_s))

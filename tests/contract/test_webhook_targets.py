@@ -1,10 +1,10 @@
-"""service.webhook_targets: which webhook URLs may be POSTed to."""
+"""contract.webhook_targets: which webhook URLs may be POSTed to."""
 
 from __future__ import annotations
 
 import pytest
 
-from service.webhook_targets import refusal_after_dns, refusal_without_dns
+from contract.webhook_targets import refusal_after_dns, refusal_without_dns
 
 
 @pytest.mark.parametrize(

@@ -1,4 +1,4 @@
-"""service.storage: atomic writes, expiry, cleanup."""
+"""contract.storage: atomic writes, expiry, cleanup."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from service.storage import LocalImageStorage
+from contract.storage import LocalImageStorage
 
 
 def test_put_then_read(tmp_path: Path) -> None:

@@ -1,0 +1,39 @@
+"""Names of our Redis keys: cancel flags, idempotency keys, worker leases and owned sets, the
+webhook outbox and the "final" markers (rq's own keys keep their ``rq:`` prefix)."""
+
+from __future__ import annotations
+
+import hashlib
+
+
+class Keys:
+    """Names of our Redis keys for one queue (rq's own keys keep their ``rq:`` prefix)."""
+
+    def __init__(self, prefix: str):
+        self.prefix = prefix
+        self.leases = f"{prefix}:workers"  # set: names of workers that hold (or held) a lease
+        self.webhooks = f"{prefix}:webhooks"  # list: webhook deliveries waiting for a sender
+
+    def lease(self, worker: str) -> str:
+        return f"{self.prefix}:lease:{worker}"
+
+    def owned(self, worker: str) -> str:
+        return f"{self.prefix}:owned:{worker}"
+
+    def reaping(self, worker: str) -> str:
+        return f"{self.prefix}:reaping:{worker}"
+
+    def webhooks_inflight(self, worker: str) -> str:
+        return f"{self.prefix}:webhooks:inflight:{worker}"
+
+    def cancel(self, job_id: str) -> str:
+        return f"{self.prefix}:cancel:{job_id}"
+
+    def final(self, job_id: str) -> str:
+        return f"{self.prefix}:final:{job_id}"
+
+    def idempotency(self, key: str) -> str:
+        return f"{self.prefix}:idem:{hashlib.sha256(key.encode()).hexdigest()}"
+
+    def intermediate_seen(self, job_id: str) -> str:
+        return f"{self.prefix}:limbo:{job_id}"
