@@ -114,14 +114,14 @@ def denoise(
         kwargs = cond
     return sample(
         settings.sampler,
-        diffusion,
         model,
         shape,
+        diffusion,
         RowNoise(seeds),
         model_kwargs=kwargs,
+        callback=progress,
         clip_denoised=clip_denoised,
         eta=settings.eta,
-        progress=progress,
         device=device,
     )
 

@@ -30,9 +30,6 @@ from typing import Any
 import numpy as np
 import torch
 
-from models.configs import DiffusionConfig
-from models.diffusion.schedules import get_named_beta_schedule
-
 Model = Callable[..., torch.Tensor]
 
 
@@ -348,24 +345,3 @@ class GaussianDiffusion:
         )
         nll = mean_flat(nll) / math.log(2.0)
         return torch.where(t == 0, nll, kl)
-
-
-MEAN_TYPES = {"epsilon": ModelMeanType.EPSILON, "x0": ModelMeanType.START_X, "v": ModelMeanType.V}
-
-
-def create_diffusion(config: DiffusionConfig, steps: int | None = None) -> GaussianDiffusion:
-    """A stage's training process (``steps`` None) or its sampling process respaced to ``steps``
-    strided steps (:func:`models.diffusion.respace.space_timesteps`).
-
-    Without a learned variance the reverse variance is β̃_t (FIXED_SMALL): it only matters to the
-    DDPM sampler, and at the few strided steps we sample with it is the better of the two fixed
-    choices (Nichol & Dhariwal §3.1, Fig. 1; our Gaussian tests show the same).
-    """
-    from models.diffusion.respace import SpacedDiffusion, space_timesteps  # respace subclasses this module
-
-    betas = get_named_beta_schedule(config.schedule, config.timesteps)
-    mean_type = MEAN_TYPES[config.prediction]
-    var_type = ModelVarType.LEARNED_RANGE if config.learn_sigma else ModelVarType.FIXED_SMALL
-    if steps is None or steps == config.timesteps:
-        return GaussianDiffusion(betas, mean_type, var_type)
-    return SpacedDiffusion(space_timesteps(config.timesteps, steps), betas, mean_type, var_type)

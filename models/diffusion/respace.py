@@ -47,7 +47,7 @@ class SpacedDiffusion(GaussianDiffusion):
 
     def __init__(
         self,
-        use_timesteps: Sequence[int],
+        use_timesteps: Sequence[int] | np.ndarray,
         base_betas: np.ndarray,
         mean_type: ModelMeanType,
         var_type: ModelVarType,

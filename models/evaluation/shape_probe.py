@@ -19,9 +19,10 @@ from dataclasses import dataclass
 
 import torch
 
+from models.clip import TextEncoding
 from models.data.shapes import SHAPES, SIZES, ShapesWorld
+from models.diffusion.gaussian import GaussianDiffusion
 from models.diffusion.guidance import ClassifierFreeGuidance
-from models.diffusion.noise import RowNoise
 from models.diffusion.respace import SpacedDiffusion
 from models.diffusion.samplers import ddim_sample_loop
 from models.evaluation.analysis import analyze
@@ -83,40 +84,18 @@ def shape_probe(
     noise = torch.randn(x_start.shape, generator=torch.Generator().manual_seed(seed))
     full = create_stage_diffusion("decoder", config)
     spaced = create_stage_diffusion("decoder", config, steps=settings.steps)
-    network, dtype = pipeline.networks["decoder"], pipeline.dtype
     counts = Counter(groups)
     accuracy: dict[int, dict[str, float]] = {}
     for start in starts:
-        first = max(0, min(spaced.num_timesteps - 1, round(start * spaced.num_timesteps) - 1))
-        t_start = int(spaced.timestep_map[first])
-        # The chain's last first + 1 steps, as a process of their own.
-        rest = SpacedDiffusion(
-            spaced.timestep_map[: first + 1], full.betas, spaced.mean_type, spaced.var_type
-        )
+        t_start, rest = _rest_of_chain(full, spaced, start)
         hits: Counter[str] = Counter()
         for lo in range(0, n, batch_size):
             rows = slice(lo, min(n, lo + batch_size))
-            count = rows.stop - rows.start
-            no = torch.zeros(count, dtype=torch.bool, device=pipeline.device)
-            cond = {
-                "clip_embed": embed[rows].to(dtype),
-                "text_tokens": text.tokens[rows].to(dtype),
-                "text_mask": text.mask[rows],
-                "drop_clip": no,
-                "drop_text": no,
-            }
-            uncond = {**cond, "drop_clip": ~no, "drop_text": ~no}
-            model = ClassifierFreeGuidance(network, settings.guidance, cond, uncond, guided_channels=3)
-            steps = torch.full((count,), t_start, dtype=torch.long)
-            x = ddim_sample_loop(
-                rest,
-                model,
-                (count, *x_start.shape[1:]),
-                RowNoise(list(range(rows.start, rows.stop))),  # unused: eta = 0 draws nothing
-                device=pipeline.device,
-                dtype=dtype,
-                x_init=full.q_sample(x_start[rows], steps, noise[rows]),
-            )
+            model = _guided_decoder(pipeline, settings.guidance, embed, text, rows)
+            steps = torch.full((rows.stop - rows.start,), t_start, dtype=torch.long)  # [count]
+            x_t = full.q_sample(x_start[rows], steps, noise[rows])  # [count x 3 x H x W]
+            # η = 0: the rest of the chain is deterministic, so it needs no noise streams.
+            x = ddim_sample_loop(model, x_t.to(pipeline.device, pipeline.dtype), rest)
             for image, spec, group in zip(to_uint8_images(x), specs[rows], groups[rows], strict=True):
                 if analyze(image).shape == spec.shape:
                     hits[group] += 1
@@ -131,6 +110,36 @@ def shape_probe(
         steps=settings.steps,
         guidance=settings.guidance,
     )
+
+
+def _rest_of_chain(
+    full: GaussianDiffusion, spaced: GaussianDiffusion, start: float
+) -> tuple[int, SpacedDiffusion]:
+    """(t where the chain is entered, its last steps from there as a process of their own).
+
+    :param start: the fraction in (0, 1] of ``spaced``'s S steps left to run.
+    """
+    first = max(0, min(spaced.num_timesteps - 1, round(start * spaced.num_timesteps) - 1))
+    rest = SpacedDiffusion(spaced.timestep_map[: first + 1], full.betas, spaced.mean_type, spaced.var_type)
+    return int(spaced.timestep_map[first]), rest
+
+
+def _guided_decoder(
+    pipeline: UnclipPipeline, guidance: float, embed: torch.Tensor, text: TextEncoding, rows: slice
+) -> ClassifierFreeGuidance:
+    """The decoder under guidance for ``rows`` of the batch, conditioned on both their CLIP image
+    embeddings (``embed`` [N x D]) and their captions' tokens; the unconditional half drops both."""
+    dtype = pipeline.dtype
+    no = torch.zeros(rows.stop - rows.start, dtype=torch.bool, device=pipeline.device)  # [count]
+    cond = {
+        "clip_embed": embed[rows].to(dtype),
+        "text_tokens": text.tokens[rows].to(dtype),
+        "text_mask": text.mask[rows],
+        "drop_clip": no,
+        "drop_text": no,
+    }
+    uncond = {**cond, "drop_clip": ~no, "drop_text": ~no}
+    return ClassifierFreeGuidance(pipeline.networks["decoder"], guidance, cond, uncond, guided_channels=3)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -24,10 +24,10 @@ from models.diffusion import (
     ModelMeanType,
     ModelVarType,
     SpacedDiffusion,
-    create_diffusion,
     get_named_beta_schedule,
     space_timesteps,
 )
+from models.factory import create_diffusion
 
 MU = torch.tensor([0.5, -0.3, 0.0, 0.2], dtype=torch.float64)
 SIGMA = torch.tensor([0.3, 0.6, 0.1, 0.8], dtype=torch.float64)

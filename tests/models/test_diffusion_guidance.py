@@ -6,7 +6,8 @@ import pytest
 import torch
 
 from models.configs import DiffusionConfig
-from models.diffusion import ClassifierFreeGuidance, RowNoise, create_diffusion, sample
+from models.diffusion import ClassifierFreeGuidance, RowNoise, sample
+from models.factory import create_diffusion
 
 
 class CountingModel:
@@ -104,5 +105,5 @@ def test_guidance_through_a_sampler_is_transparent() -> None:
     model = CountingModel()
     _, _, cond, uncond = _inputs()
     guided = ClassifierFreeGuidance(model, 2.0, cond, uncond)
-    out = sample("ddim", spaced, guided, (3, 2), RowNoise([1, 2, 3]))
+    out = sample("ddim", guided, (3, 2), spaced, RowNoise([1, 2, 3]))
     assert out.shape == (3, 2) and model.calls == [6] * 4

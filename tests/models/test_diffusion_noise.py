@@ -6,7 +6,8 @@ import pytest
 import torch
 
 from models.configs import DiffusionConfig
-from models.diffusion import RowNoise, create_diffusion, sample
+from models.diffusion import RowNoise, sample
+from models.factory import create_diffusion
 from tests.models.test_diffusion_gaussian import optimal_model
 
 
@@ -44,9 +45,9 @@ def test_a_sample_depends_only_on_its_seed(sampler: str) -> None:
     model = optimal_model(create_diffusion(config).alphas_cumprod, "epsilon")
     spaced = create_diffusion(config, 10)
     eta = 1.0 if sampler == "ddim" else 0.0  # stochastic steps for DDIM too
-    one = sample(sampler, spaced, model, (1, 4, 3), RowNoise([7]), eta=eta)
-    three = sample(sampler, spaced, model, (3, 4, 3), RowNoise([3, 7, 9]), eta=eta)
-    swapped = sample(sampler, spaced, model, (2, 4, 3), RowNoise([7, 3]), eta=eta)
+    one = sample(sampler, model, (1, 4, 3), spaced, RowNoise([7]), eta=eta)
+    three = sample(sampler, model, (3, 4, 3), spaced, RowNoise([3, 7, 9]), eta=eta)
+    swapped = sample(sampler, model, (2, 4, 3), spaced, RowNoise([7, 3]), eta=eta)
     # Elementwise math only: equal up to vectorised-vs-scalar rounding of exp/log.
     torch.testing.assert_close(one[0], three[1], atol=1e-6, rtol=1e-6)
     torch.testing.assert_close(swapped[0], three[1], atol=1e-6, rtol=1e-6)

@@ -19,7 +19,9 @@ import pytest
 import torch
 
 from models.configs import DiffusionConfig
-from models.diffusion import RowNoise, create_diffusion, sample
+from models.diffusion import RowNoise, ddim_sample_loop, ddpm_sample_loop, initial_noise, sample
+from models.diffusion.respace import SpacedDiffusion
+from models.factory import create_diffusion
 from tests.models.test_diffusion_gaussian import MU, SIGMA, optimal_model
 
 ROWS, K = 16, 256  # 16 noise streams x 256 independent copies per row: n = 4096 samples per channel
@@ -44,7 +46,7 @@ def draw(
     base, spaced = create_diffusion(config), create_diffusion(config, steps)
     model = optimal_model(base.alphas_cumprod, prediction, learned_for=spaced if learn_sigma else None)
     shape = (len(seeds), *SHAPE[1:])
-    return sample(sampler, spaced, model, shape, RowNoise(seeds), clip_denoised=False, eta=eta)
+    return sample(sampler, model, shape, spaced, RowNoise(seeds), clip_denoised=False, eta=eta)
 
 
 def channels(x: torch.Tensor) -> torch.Tensor:
@@ -175,8 +177,8 @@ def test_progress_and_call_count(sampler: str) -> None:
         return torch.zeros_like(x)
 
     out = sample(
-        sampler, spaced, model, (3, 2, 5), RowNoise([1, 2, 3]),
-        model_kwargs={"label": torch.zeros(3)}, progress=lambda s, n: reports.append((s, n)),
+        sampler, model, (3, 2, 5), spaced, RowNoise([1, 2, 3]),
+        model_kwargs={"label": torch.zeros(3)}, callback=lambda s, n: reports.append((s, n)),
     )  # fmt: skip
     assert out.shape == (3, 2, 5) and out.dtype == torch.float32
     assert reports == [(s, 7) for s in range(1, 8)]
@@ -190,11 +192,18 @@ def test_sample_refuses_bad_arguments() -> None:
         return torch.zeros_like(x)
 
     with pytest.raises(ValueError, match="noise streams"):
-        sample("ddim", spaced, model, (2, 3), RowNoise([1]))
+        sample("ddim", model, (2, 3), spaced, RowNoise([1]))
     with pytest.raises(ValueError, match="unknown sampler"):
-        sample("euler", spaced, model, (1, 3), RowNoise([1]))  # type: ignore[arg-type]
+        sample("euler", model, (1, 3), spaced, RowNoise([1]))  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="eta"):
-        sample("ddpm", spaced, model, (1, 3), RowNoise([1]), eta=0.5)
+        sample("ddpm", model, (1, 3), spaced, RowNoise([1]), eta=0.5)
+    x = torch.zeros(2, 3)
+    with pytest.raises(ValueError, match="noise"):  # stochastic steps need the rows' streams
+        ddpm_sample_loop(model, x, spaced)
+    with pytest.raises(ValueError, match="noise"):
+        ddim_sample_loop(model, x, spaced, eta=1.0)
+    with pytest.raises(ValueError, match="noise streams"):
+        ddim_sample_loop(model, x, spaced, noise=RowNoise([1, 2, 3]), eta=1.0)
 
 
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float64])
@@ -209,8 +218,8 @@ def test_state_dtype(dtype: torch.dtype) -> None:
         seen.add(x.dtype)
         return exact(x.float(), t).to(x.dtype)  # a network whose output is rounded to dtype
 
-    out = sample("dpm++2m", spaced, model, (4, 4, 8), RowNoise(range(4)), clip_denoised=False, dtype=dtype)
-    ref = sample("dpm++2m", spaced, exact, (4, 4, 8), RowNoise(range(4)), clip_denoised=False)
+    out = sample("dpm++2m", model, (4, 4, 8), spaced, RowNoise(range(4)), clip_denoised=False, dtype=dtype)
+    ref = sample("dpm++2m", exact, (4, 4, 8), spaced, RowNoise(range(4)), clip_denoised=False)
     assert out.dtype == dtype and seen == {dtype}
     # bf16 keeps 8 bits of mantissa (measured 0.045); the float32 reference itself is off by ~1e-3
     # (x̂_0 = x_T/√ᾱ - ... at ᾱ ≈ 2·10⁻⁹ multiplies float32 rounding by 2·10⁴), float64 is not.
@@ -221,7 +230,7 @@ def test_state_dtype(dtype: torch.dtype) -> None:
 def test_clip_denoised_bounds_the_result() -> None:
     spaced = create_diffusion(DiffusionConfig(), 5)
     for sampler in ("ddpm", "ddim", "dpm++2m"):
-        out = sample(sampler, spaced, lambda x, t: -3 * x, (4, 6), RowNoise(range(4)), clip_denoised=True)
+        out = sample(sampler, lambda x, t: -3 * x, (4, 6), spaced, RowNoise(range(4)), clip_denoised=True)
         assert out.abs().max() <= 1.0  # the last step returns (or is the mean of) the clipped x̂_0
 
 
@@ -238,23 +247,20 @@ def test_one_step_returns_the_prediction_from_pure_noise(sampler: str, learn_sig
         eps = (x - spaced.sqrt_alphas_cumprod[0] * pred) / spaced.sqrt_one_minus_alphas_cumprod[0]
         return torch.cat([eps, torch.zeros_like(x)], 1) if learn_sigma else eps
 
-    out = sample(sampler, spaced, model, (2, 3), RowNoise([1, 2]), clip_denoised=False)
+    out = sample(sampler, model, (2, 3), spaced, RowNoise([1, 2]), clip_denoised=False)
     torch.testing.assert_close(out, torch.full((2, 3), 0.25), atol=2e-3, rtol=0)
 
 
-def test_ddim_from_x_init_continues_the_chain() -> None:
-    """Started from x_T itself, x_init gives the plain chain; started mid-chain from the plain
-    chain's own state there, it ends where the plain chain ends."""
-    from models.diffusion.respace import SpacedDiffusion
-    from models.diffusion.samplers import ddim_sample_loop
-
+def test_ddim_from_a_given_start_continues_the_chain() -> None:
+    """Started from x_T itself, the sampler gives the plain chain of :func:`sample`; started
+    mid-chain from the plain chain's own state there, it ends where the plain chain ends."""
     config = DiffusionConfig(schedule="cosine", prediction="v")
     base, spaced = create_diffusion(config), create_diffusion(config, 10)
     model = optimal_model(base.alphas_cumprod, "v")
     shape = (ROWS, 4, 8)
-    plain = ddim_sample_loop(spaced, model, shape, RowNoise(range(ROWS)), clip_denoised=False)
-    x_t = RowNoise(range(ROWS)).randn(shape[1:])
-    again = ddim_sample_loop(spaced, model, shape, RowNoise(range(ROWS)), clip_denoised=False, x_init=x_t)
+    plain = sample("ddim", model, shape, spaced, RowNoise(range(ROWS)), clip_denoised=False)
+    x_t = initial_noise(shape, RowNoise(range(ROWS)))
+    again = ddim_sample_loop(model, x_t, spaced, clip_denoised=False)
     torch.testing.assert_close(again, plain, rtol=0, atol=0)
     states: list[torch.Tensor] = []  # x as each model call sees it: states[5] is x at index 4
 
@@ -262,9 +268,7 @@ def test_ddim_from_x_init_continues_the_chain() -> None:
         states.append(x.clone())
         return model(x, t)
 
-    ddim_sample_loop(spaced, recording, shape, RowNoise(range(ROWS)), clip_denoised=False)
+    ddim_sample_loop(recording, x_t, spaced, clip_denoised=False)
     tail = SpacedDiffusion(spaced.timestep_map[:5], base.betas, spaced.mean_type, spaced.var_type)
-    resumed = ddim_sample_loop(
-        tail, model, shape, RowNoise(range(ROWS)), clip_denoised=False, x_init=states[5]
-    )
+    resumed = ddim_sample_loop(model, states[5], tail, clip_denoised=False)
     torch.testing.assert_close(resumed, plain, rtol=1e-5, atol=1e-5)

@@ -271,7 +271,7 @@ def test_edge_weights_sit_on_outlines_and_keep_the_mean() -> None:
 
 def test_pixel_weight_scales_the_simple_loss() -> None:
     from models.configs import DiffusionConfig
-    from models.diffusion.gaussian import create_diffusion
+    from models.factory import create_diffusion
 
     diffusion = create_diffusion(DiffusionConfig(schedule="cosine", prediction="v"))
     x = torch.randn(2, 3, 4, 4, generator=torch.Generator().manual_seed(0))
