@@ -26,6 +26,7 @@ import sys
 from collections.abc import Iterator
 from dataclasses import asdict, replace
 from pathlib import Path
+from typing import Any
 
 from tqdm import tqdm
 
@@ -122,7 +123,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     print("| " + " | ".join(COLUMNS) + " |")
     print("|" + "---|" * len(COLUMNS), flush=True)
-    results = []
+    results: list[dict[str, Any]] = []
     for label, sampling in tqdm(runs, desc="sweep", unit="setting", file=sys.stderr):
         report = evaluate(pipeline, n=args.n, size=args.size, sampling=sampling, batch_size=args.batch_size)
         tqdm.write(table_row(label, sampling, report), file=sys.stdout)

@@ -67,6 +67,12 @@ class PriorBlock(nn.Module):
         x = x + self.attn_out(h.transpose(1, 2).reshape(n, s, w))  # [N x S x W]
         return x + self.mlp(self.ln_2(x))  # [N x S x W]
 
+    def residual_projections(self) -> tuple[nn.Linear, nn.Linear]:
+        """The two layers that write into the residual stream: attention's and the MLP's output."""
+        mlp_out = self.mlp[2]
+        assert isinstance(mlp_out, nn.Linear), "the MLP's third layer is its output projection"
+        return self.attn_out, mlp_out
+
 
 class DiffusionPrior(nn.Module):
     """Predicts the (scaled) unnoised CLIP image embedding from the caption and the noised embedding.
@@ -106,7 +112,8 @@ class DiffusionPrior(nn.Module):
                 nn.init.normal_(module.weight, std=0.02)
                 nn.init.zeros_(module.bias)
         for block in self.blocks:
-            for proj in (block.attn_out, block.mlp[2]):
+            assert isinstance(block, PriorBlock)
+            for proj in block.residual_projections():
                 nn.init.normal_(proj.weight, std=0.02 / math.sqrt(2 * self.config.layers))
         for p in (self.query, self.null_text_embed, self.positional_embedding):
             nn.init.normal_(p, std=0.02)

@@ -7,6 +7,7 @@ from shapes alone), so even the paper's 5.5B-parameter chain is counted on a lap
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import open_clip
@@ -58,7 +59,8 @@ def _forward_inputs(stage: StageName, config: ModelConfig) -> tuple[tuple, dict]
     }
 
 
-def _meta_module(stage: StageName, config: ModelConfig) -> torch.nn.Module:
+def _meta_module(stage: StageName, config: ModelConfig) -> tuple[torch.nn.Module, Callable[..., object]]:
+    """A stage's network and the call that is one forward of it (CLIP: its text tower only)."""
     if stage == "clip":
         # open_clip's factory moves the model with .to(), which meta tensors refuse; build the
         # class from the same architecture dict instead.
@@ -66,20 +68,19 @@ def _meta_module(stage: StageName, config: ModelConfig) -> torch.nn.Module:
             architecture = open_clip.get_model_config(config.clip.open_clip_name)
         else:
             architecture = open_clip_model_cfg(config.clip)
-        return open_clip.CLIP(**architecture)
-    return create_stage_module(stage, config)
+        clip = open_clip.CLIP(**architecture)
+        return clip, clip.encode_text
+    module = create_stage_module(stage, config)
+    return module, module
 
 
 def forward_flops(stage: StageName, config: ModelConfig) -> tuple[int, int]:
     """(parameters, FLOPs of one forward for one image); CLIP counts its text tower only."""
     with torch.device("meta"):
-        module = _meta_module(stage, config)
+        module, forward = _meta_module(stage, config)
         args, kwargs = _forward_inputs(stage, config)
         with FlopCounterMode(display=False) as counter:
-            if stage == "clip":
-                module.encode_text(*args)
-            else:
-                module(*args, **kwargs)
+            forward(*args, **kwargs)
     return count_parameters(module), counter.get_total_flops()
 
 

@@ -383,9 +383,13 @@ def with_attribute(spec: ShapeSpec, attribute: str, value: str) -> ShapeSpec:
     if attribute == "size":
         factor = spec.side_fraction / SIZES[spec.size]
         return dataclasses.replace(spec, size=value, side_fraction=SIZES[value] * factor)
-    if attribute not in ("color", "shape", "background"):
-        raise ValueError(f"unknown attribute {attribute!r}")
-    return dataclasses.replace(spec, **{attribute: value})
+    if attribute == "color":
+        return dataclasses.replace(spec, color=value)
+    if attribute == "shape":
+        return dataclasses.replace(spec, shape=value)
+    if attribute == "background":
+        return dataclasses.replace(spec, background=value)
+    raise ValueError(f"unknown attribute {attribute!r}")
 
 
 def swap_twin(

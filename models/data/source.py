@@ -99,8 +99,8 @@ def _read_caption(path: Path) -> str:
 
 def load_square(path: str | Path, size: int) -> np.ndarray:
     """An image file, center-cropped to a square and resized: uint8 ``[size x size x 3]``."""
-    with Image.open(path) as image:
-        image = ImageOps.exif_transpose(image).convert("RGB")
+    with Image.open(path) as file:
+        image = ImageOps.exif_transpose(file).convert("RGB")
         side = min(image.size)
         left, top = (image.width - side) // 2, (image.height - side) // 2
         square = image.crop((left, top, left + side, top + side))

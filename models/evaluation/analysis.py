@@ -210,7 +210,7 @@ def _fits(
     total = float(alpha.sum())
     ys, xs = np.indices(alpha.shape) + 0.5  # pixel centres
     mean_x, mean_y = float((alpha * xs).sum() / total), float((alpha * ys).sum() / total)
-    fits = {}
+    fits: dict[str, list[tuple[float, float, float]]] = {}
     for shape in SHAPES:
         area, off_x, off_y = _unit_moments(shape)
         side = (total / area) ** 0.5

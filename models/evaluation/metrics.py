@@ -111,7 +111,7 @@ def shape_confusion(
     """For each asked shape, how many images the analyser read as each shape (``none`` where it
     found no object): which shape a model draws instead says more than the accuracy alone (a
     decoder that draws stars for everything and one that draws blobs score the same)."""
-    confusion = {shape: dict.fromkeys((*SHAPES, "none"), 0) for shape in SHAPES}
+    confusion: dict[str, dict[str, int]] = {shape: dict.fromkeys((*SHAPES, "none"), 0) for shape in SHAPES}
     for analysis, asked in zip(analyses, asked_attributes, strict=True):
         wanted = _asked_value(asked, "shape")
         if wanted is None:

@@ -41,8 +41,8 @@ def assemble(
     """
     found: dict[StageName, Path] = {}
     for source in map(Path, sources):
-        for stage in read_manifest(source).stages:
-            found[stage] = source
+        present = read_manifest(source).stages
+        found.update((stage, source) for stage in STAGES if stage in present)
     wanted = list(stages) if stages is not None else [s for s in STAGES if s in found]
     missing = [s for s in wanted if s not in found]
     if missing:

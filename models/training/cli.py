@@ -272,7 +272,9 @@ def run_assemble(args: argparse.Namespace) -> int:
     return 0
 
 
-def _minutes_per_stage(args: argparse.Namespace, stages: list[str]) -> dict[str, float | None]:
+def _minutes_per_stage(
+    args: argparse.Namespace, stages: Sequence[StageName]
+) -> dict[StageName, float | None]:
     if args.steps is not None:
         return dict.fromkeys(stages)
     if args.all:

@@ -11,7 +11,7 @@ thousand steps (the EMA's horizon, 1 / (1 - decay) steps, must be well below the
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
-from typing import Literal
+from typing import Any, Literal
 
 from models.configs import STAGES, StageName
 
@@ -130,7 +130,7 @@ STAGE_SHARE: dict[StageName, float] = {
 DEFAULT_TOTAL_MINUTES = 154.0
 
 
-def get_train_config(preset: str, stage: StageName, **overrides: object) -> TrainConfig:
+def get_train_config(preset: str, stage: StageName, **overrides: Any) -> TrainConfig:
     """A stage's recipe from a preset (``tiny`` for unknown model presets), with overrides
     (``None`` values are ignored)."""
     recipes = TRAIN_PRESETS.get(preset, _tiny)()

@@ -59,9 +59,13 @@ FINAL_LR_FRACTION = 0.1  # cosine decay ends at this fraction of the peak learni
 class TrainTask(Protocol):
     """One stage's data and objective (see :mod:`models.training.stages`)."""
 
-    stage: str
     module: nn.Module
     batch_size: int
+
+    @property
+    def stage(self) -> str:
+        """The name that keys the task's checkpoints, logs and random streams (read only)."""
+        ...
 
     def batch(self, step: int, generator: torch.Generator) -> Any: ...
 
@@ -98,7 +102,8 @@ class _Smoother:
 
 def build_optimizer(module: nn.Module, cfg: TrainConfig) -> torch.optim.AdamW:
     """AdamW with weight decay on weight matrices and kernels only (not biases, norms, scales)."""
-    decay, no_decay = [], []
+    decay: list[nn.Parameter] = []
+    no_decay: list[nn.Parameter] = []
     for param in module.parameters():
         if param.requires_grad:
             (decay if param.ndim >= 2 else no_decay).append(param)

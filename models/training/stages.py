@@ -88,6 +88,9 @@ class StageContext:
 
 
 class _Task:
+    """The base of every stage's :class:`~models.training.loop.TrainTask`: a subclass sets ``stage``
+    and ``module`` and implements ``make_batch``, ``loss`` and ``evaluate``."""
+
     stage: StageName
     module: nn.Module
 
@@ -127,6 +130,16 @@ class _Task:
                     images.to(self.device), captions, torch.Generator().manual_seed(EVAL_SEED)
                 )
         return self._held
+
+    def loss(
+        self, batch: dict[str, torch.Tensor], generator: torch.Generator
+    ) -> tuple[torch.Tensor, dict[str, float]]:
+        """The training loss of ``batch`` (a scalar) and metrics to log."""
+        raise NotImplementedError
+
+    def evaluate(self, module: nn.Module) -> dict[str, float]:
+        """Metrics of ``module`` (the task's network or its EMA copy) on the held batch."""
+        raise NotImplementedError
 
     def after_step(self) -> None:
         pass
@@ -207,7 +220,7 @@ class ClipTask(_Task):
     ) -> tuple[torch.Tensor, dict[str, float]]:
         image_features = encode_images(self.module, batch["images"])  # [N x D]
         text_features = encode_text_tokens(self.module, batch["tokens"]).embedding  # [N x D]
-        logit_scale = self.module.logit_scale.exp()
+        logit_scale = self._logit_scale().exp()
         loss = self.clip_loss(image_features, text_features, logit_scale)
         with torch.no_grad():
             logits = image_features @ text_features.T  # [N x N]
@@ -217,7 +230,13 @@ class ClipTask(_Task):
 
     def after_step(self) -> None:
         with torch.no_grad():
-            self.module.logit_scale.clamp_(0, MAX_LOGIT_SCALE)
+            self._logit_scale().clamp_(0, MAX_LOGIT_SCALE)
+
+    def _logit_scale(self) -> torch.Tensor:
+        """CLIP's learnable log temperature (a parameter of ``module``)."""
+        logit_scale = self.module.logit_scale
+        assert isinstance(logit_scale, torch.Tensor)
+        return logit_scale
 
 
 class _DiffusionTask(_Task):
