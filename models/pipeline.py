@@ -27,7 +27,9 @@ from models.diffusion import ClassifierFreeGuidance, RowNoise, sample
 from models.factory import create_stage_diffusion, create_stage_module
 
 DEFAULT_WEIGHTS_DIR = Path(__file__).parent / "default_weights"
-SIZES = (64, 256, 512, 1024)
+# Output side of each image stage of the chain (Ramesh et al. 2022: 64² decoder, two upsamplers).
+STAGE_SIDES: tuple[tuple[StageName, int], ...] = (("decoder", 64), ("sr256", 256), ("sr1024", 1024))
+MIN_SIZE = 16  # smaller images say nothing; refuse rather than resize to a few pixels
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 ProgressCallback = Callable[[str, int, int], None]
@@ -52,15 +54,18 @@ class _AllCanceled(Exception):
 
 
 def stages_for_size(size: int) -> tuple[StageName, ...]:
-    """The diffusion stages a size needs (512 is the 1024 output resized)."""
-    if size not in SIZES:
-        raise ValueError(f"size must be one of {SIZES}, got {size}")
-    chain: tuple[StageName, ...] = ("prior", "decoder")
-    if size >= 256:
-        chain += ("sr256",)
-    if size >= 512:
-        chain += ("sr1024",)
-    return chain
+    """The diffusion stages that make a ``size`` x ``size`` image: the chain runs up to the first
+    stage whose output is at least that side, and a side between two stages' outputs is the
+    larger output resized (512 is the 1024 output resized). Which sizes the service offers is
+    the job contract's business (``contract.schemas.SIZES``), not the chain's."""
+    chain: tuple[StageName, ...] = ("prior",)
+    for stage, side in STAGE_SIDES:
+        chain += (stage,)
+        if size <= side:
+            if size < MIN_SIZE:
+                break
+            return chain
+    raise ValueError(f"size must be between {MIN_SIZE} and {STAGE_SIDES[-1][1]}, got {size}")
 
 
 def row_seed(seed: int, image_index: int, stage: str, candidate: int = 0) -> int:

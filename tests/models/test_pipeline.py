@@ -25,8 +25,12 @@ def test_stages_for_size() -> None:
     assert stages_for_size(64) == ("prior", "decoder")
     assert stages_for_size(256) == ("prior", "decoder", "sr256")
     assert stages_for_size(512) == stages_for_size(1024) == ("prior", "decoder", "sr256", "sr1024")
-    with pytest.raises(ValueError):
-        stages_for_size(128)
+    # A side between two stages' outputs is the larger output resized; the service offers only
+    # contract.schemas.SIZES, the chain refuses what it cannot make.
+    assert stages_for_size(128) == ("prior", "decoder", "sr256")
+    for impossible in (8, 2048):
+        with pytest.raises(ValueError):
+            stages_for_size(impossible)
 
 
 def test_row_seed_depends_on_every_part() -> None:

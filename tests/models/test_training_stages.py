@@ -181,7 +181,8 @@ def test_v_prediction_patch_decoder_short_run_lowers_held_loss(clip_dir: Path, t
 
 
 def test_assemble_combines_stages_trained_apart(tmp_path: Path) -> None:
-    from models.cli import main
+    from cli.main import main
+
     from models.factory import create_stage_module
     from models.training.assemble import assemble
 
