@@ -23,6 +23,7 @@ SUBCOMMANDS: dict[str, Subcommand] = {
     "api": Subcommand("service.cli", "run the HTTP API (FastAPI under uvicorn)"),
     "serve": Subcommand("service.cli", "API plus one worker on this machine (bundled default model)"),
     "worker": Subcommand("workers.cli", "run a GPU worker: loads the model once, samples in batches"),
+    "keys": Subcommand("service.keys_cli", "create, list and revoke API keys"),
     "generate": Subcommand("models.generate_cli", "generate images for one prompt or a file of prompts"),
     "train": Subcommand("models.training.cli", "train a stage (or all stages) of the model"),
     "assemble": Subcommand(

@@ -41,6 +41,7 @@ from contract.schemas import (
     StageParams,
 )
 from contract.settings import Settings
+from contract.signing import UrlSigner, load_signer
 from contract.storage import has_expired
 from contract.tasks import JOB_FUNC, GenerationTask
 
@@ -133,15 +134,32 @@ class JobStore:
     """Submit, read, render, cancel and finish generation jobs.
 
     ``metrics`` is where this process counts the final states it records (the API's or the
-    worker's registry); None counts nothing.
+    worker's registry); None counts nothing. ``owner`` is the API key id of the caller this store
+    serves (the API builds one per request): its submits belong to it and it reads only its own
+    jobs. None (workers, the reaper, keys off) sees every job.
     """
 
-    def __init__(self, connection: Redis, settings: Settings, metrics: FinalStateMetrics | None = None):
+    def __init__(
+        self,
+        connection: Redis,
+        settings: Settings,
+        metrics: FinalStateMetrics | None = None,
+        owner: str | None = None,
+    ):
         self.connection = connection
         self.settings = settings
         self.metrics = metrics
+        self.owner = owner
         self.keys = Keys(settings.key_prefix)
         self.queue = Queue(settings.queue, connection=connection, serializer=JSONSerializer)
+        self._signer: UrlSigner | None = None
+
+    @property
+    def signer(self) -> UrlSigner:
+        """Signs the image URLs this store renders (the key is read from Redis once per store)."""
+        if self._signer is None:
+            self._signer = load_signer(self.connection, self.settings)
+        return self._signer
 
     # -- submit -------------------------------------------------------------------------------
     def submit_request(self, request: GenerateRequest, idempotency_key: str | None = None) -> Submission:
@@ -149,12 +167,14 @@ class JobStore:
 
         The key is bound with ``SET NX`` before the enqueue, so of two concurrent submits with
         one key only one enqueues; a key whose job is missing is released again on failure.
+        The job belongs to this store's ``owner``, and idempotency keys are scoped to it.
         """
+        owner = self.owner
         fingerprint = request.fingerprint()
         if idempotency_key is not None:
-            existing = self.find_idempotent(idempotency_key)
+            existing = self.find_idempotent(idempotency_key, owner)
             if existing is not None:
-                return self._replay(existing, fingerprint)
+                return self._replay(existing, fingerprint, owner)
         depth = self.queue_depth()
         if depth >= self.settings.max_queue_depth:
             raise QueueFull(depth, self.settings.max_queue_depth)
@@ -162,17 +182,18 @@ class JobStore:
         if request.seed is None:
             request = request.model_copy(update={"seed": secrets.randbelow(MAX_SEED + 1)})
         if idempotency_key is not None:
-            existing = self.claim_idempotency_key(idempotency_key, IdempotencyRecord(job_id, fingerprint))
+            record = IdempotencyRecord(job_id, fingerprint)
+            existing = self.claim_idempotency_key(idempotency_key, record, owner)
             if existing is not None:
-                return self._replay(existing, fingerprint)
+                return self._replay(existing, fingerprint, owner)
         try:
             return Submission(self.submit(request, job_id), replayed=False)
         except BaseException:
             if idempotency_key is not None:
-                self.release_idempotency_key(idempotency_key)
+                self.release_idempotency_key(idempotency_key, owner)
             raise
 
-    def _replay(self, existing: IdempotencyRecord, fingerprint: str) -> Submission:
+    def _replay(self, existing: IdempotencyRecord, fingerprint: str, owner: str | None) -> Submission:
         if existing.fingerprint != fingerprint:
             raise IdempotencyKeyReused
         job = self.fetch(existing.job_id)
@@ -181,7 +202,7 @@ class JobStore:
         return Submission(job, replayed=True)
 
     def submit(self, request: GenerateRequest, job_id: str) -> Job:
-        """Enqueue ``request`` (whose seed is set) as job ``job_id``."""
+        """Enqueue ``request`` (whose seed is set) as job ``job_id`` of this store's owner."""
         task = GenerationTask(request)
         return self.queue.enqueue_call(
             JOB_FUNC,
@@ -191,38 +212,46 @@ class JobStore:
             result_ttl=self.settings.record_ttl_s,
             failure_ttl=self.settings.record_ttl_s,
             description=f"generate(n={request.n}, size={request.size})",
-            meta={"created_at": time.time(), "attempts": 0},
+            meta={"created_at": time.time(), "attempts": 0, "owner": self.owner},
         )
 
     def queue_depth(self) -> int:
         return int(self.queue.count)
 
     # -- idempotency --------------------------------------------------------------------------
-    def find_idempotent(self, key: str) -> IdempotencyRecord | None:
-        raw = self.connection.get(self.keys.idempotency(key))
+    def find_idempotent(self, key: str, owner: str | None = None) -> IdempotencyRecord | None:
+        raw = self.connection.get(self.keys.idempotency(key, owner))
         if raw is None:
             return None
         data = json.loads(raw)
         return IdempotencyRecord(job_id=data["job_id"], fingerprint=data["fingerprint"])
 
-    def claim_idempotency_key(self, key: str, record: IdempotencyRecord) -> IdempotencyRecord | None:
-        """Bind ``key`` to ``record`` unless it is bound already; returns the existing binding."""
+    def claim_idempotency_key(
+        self, key: str, record: IdempotencyRecord, owner: str | None = None
+    ) -> IdempotencyRecord | None:
+        """Bind ``owner``'s ``key`` to ``record`` unless it is bound already; returns the existing
+        binding."""
         value = json.dumps({"job_id": record.job_id, "fingerprint": record.fingerprint})
         if self.connection.set(
-            self.keys.idempotency(key), value, nx=True, ex=self.settings.idempotency_ttl_s
+            self.keys.idempotency(key, owner), value, nx=True, ex=self.settings.idempotency_ttl_s
         ):
             return None
-        return self.find_idempotent(key) or record
+        return self.find_idempotent(key, owner) or record
 
-    def release_idempotency_key(self, key: str) -> None:
-        self.connection.delete(self.keys.idempotency(key))
+    def release_idempotency_key(self, key: str, owner: str | None = None) -> None:
+        self.connection.delete(self.keys.idempotency(key, owner))
 
     # -- read ---------------------------------------------------------------------------------
     def fetch(self, job_id: str) -> Job | None:
-        """Our job ``job_id``, or None (unknown, expired, another queue's, or not a generation job)."""
+        """Our job ``job_id``, or None (unknown, expired, another queue's, not a generation job,
+        or, for a store with an ``owner``, another API key's: tenancy lives here, so every route
+        that looks a job up answers 404 for someone else's)."""
+        owner = self.owner
         try:
             job = Job.fetch(job_id, connection=self.connection, serializer=JSONSerializer)
             if job.origin != self.queue.name or job.func_name != JOB_FUNC:
+                return None
+            if owner is not None and job.meta.get("owner") != owner:
                 return None
             GenerationTask.from_job(job)  # a record that cannot be rendered is not one of ours
         except (NoSuchJobError, DeserializationError, ValueError, KeyError, TypeError):
@@ -240,7 +269,7 @@ class JobStore:
         if status is JobStatus.SUCCEEDED and not has_expired(expires_at):
             base = base_url.rstrip("/")
             images = [
-                ImageLink(index=k, url=f"{base}/jobs/{job.id}/images/{k}.png")
+                ImageLink(index=k, url=base + self.signer.sign(f"/jobs/{job.id}/images/{k}.png"))
                 for k in range(meta.get("images", 0))
             ]
         error = meta.get("error")

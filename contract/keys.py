@@ -32,8 +32,28 @@ class Keys:
     def final(self, job_id: str) -> str:
         return f"{self.prefix}:final:{job_id}"
 
-    def idempotency(self, key: str) -> str:
-        return f"{self.prefix}:idem:{hashlib.sha256(key.encode()).hexdigest()}"
+    def idempotency(self, key: str, owner: str | None = None) -> str:
+        """Per API key: another key's identical ``Idempotency-Key`` is another binding."""
+        scoped = key if owner is None else f"{owner}\x00{key}"
+        return f"{self.prefix}:idem:{hashlib.sha256(scoped.encode()).hexdigest()}"
 
     def intermediate_seen(self, job_id: str) -> str:
         return f"{self.prefix}:limbo:{job_id}"
+
+    # -- API keys and their limits ------------------------------------------------------------
+    @property
+    def api_keys(self) -> str:
+        return f"{self.prefix}:apikeys"  # set: ids of every key ever created
+
+    def api_key(self, key_id: str) -> str:
+        return f"{self.prefix}:apikey:{key_id}"  # hash: name, digest, limits, created/revoked
+
+    def active_jobs(self, owner: str) -> str:
+        return f"{self.prefix}:active:{owner}"  # set: the key's jobs not yet final
+
+    def image_rate(self, owner: str) -> str:
+        return f"{self.prefix}:imgrate:{owner}"  # sorted set: images submitted in the last minute
+
+    @property
+    def url_secret(self) -> str:
+        return f"{self.prefix}:url-secret"  # the signing key of image URLs, when not configured

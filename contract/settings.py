@@ -6,12 +6,14 @@ environment or override the FastAPI dependency before anything reads it.
 
 from __future__ import annotations
 
+import json
+import tempfile
 from functools import lru_cache
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
 from pydantic import Field, SecretStr, field_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 # Values that show a secret was copied from an example instead of generated.
 _PLACEHOLDER_SECRETS = {"changethis", "changeme", "secret", "password", "webhook-secret", "test"}
@@ -60,6 +62,62 @@ class Settings(BaseSettings):
     # -- HTTP ---------------------------------------------------------------------------------
     max_body_bytes: int = Field(default=64 * 1024, ge=1024)
     log_level: str = "INFO"
+    # -- API keys, tenancy, limits (docs/operations.md) ---------------------------------------
+    require_api_keys: bool = Field(
+        default=True,
+        description="False: anyone who reaches the API may use it, as one tenant (local development "
+        "only; `unclip serve` defaults to it; a warning is logged at start-up)",
+    )
+    url_signing_secret: SecretStr | None = Field(
+        default=None,
+        description="HMAC key of signed image URLs; unset: a random key kept in Redis and shared by "
+        "every API process and worker",
+    )
+    signed_url_ttl_s: int = Field(
+        default=3600, ge=60, le=7 * 24 * 3600, description="image URLs work this long"
+    )
+    key_requests_per_minute: int = Field(
+        default=600, ge=1, description="per key, unless the key sets its own"
+    )
+    key_images_per_minute: int = Field(default=120, ge=1, description="per key, unless the key sets its own")
+    key_max_active_jobs: int = Field(
+        default=50, ge=1, description="jobs a key may have queued or running at once, unless it sets its own"
+    )
+    max_multipart_bytes: int = Field(
+        default=10 * 1024 * 1024, ge=1024, description="a whole multipart body (uploads and fields)"
+    )
+    max_multipart_parts: int = Field(default=8, ge=1, le=1000, description="parts of one multipart body")
+    request_timeout_s: float = Field(
+        default=30.0,
+        gt=0,
+        le=3600,
+        description="until a response starts (a slow body included): then 408/503",
+    )
+    cors_origins: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="origins allowed to call the API from a browser (comma-separated); empty: CORS off",
+    )
+    reaper_interval_s: float = Field(
+        default=1.0, ge=0, le=60, description="the API's pass over dead workers' jobs (0: only workers reap)"
+    )
+    # -- worker processes ---------------------------------------------------------------------
+    shutdown_grace_s: float = Field(
+        default=60.0,
+        ge=0,
+        le=3600,
+        description="on SIGTERM, how long the running batch may go on; "
+        "then its jobs go back to the queue and the worker exits",
+    )
+    worker_threads: int = Field(
+        default=0,
+        ge=0,
+        le=1024,
+        description="torch threads per worker; 0: the host's cores / its live workers",
+    )
+    worker_slots_dir: Path = Field(
+        default=Path(tempfile.gettempdir()) / "unclip-workers",
+        description="lock files that number this host's workers (metrics port = base + slot, thread share)",
+    )
 
     @field_validator("webhook_secret")
     @classmethod
@@ -73,6 +131,17 @@ class Settings(BaseSettings):
                 f"UNCLIP_WEBHOOK_SECRET must be a random string of at least {_MIN_SECRET_LENGTH} characters "
                 "(e.g. `python -c 'import secrets; print(secrets.token_urlsafe(32))'`), not a placeholder"
             )
+        return value
+
+    @field_validator("cors_origins", mode="before")
+    @classmethod
+    def _split_origins(cls, value: object) -> object:
+        """``UNCLIP_CORS_ORIGINS=https://a.example,https://b.example`` (a JSON list works too)."""
+        if isinstance(value, str):
+            text = value.strip()
+            if text.startswith("["):
+                return json.loads(text)
+            return [origin.strip() for origin in text.split(",") if origin.strip()]
         return value
 
     @field_validator("redis_url")

@@ -29,7 +29,11 @@ def register(subparsers: Any) -> None:
     api.add_argument("--workers", type=int, default=1, help="uvicorn worker processes")
     api.set_defaults(func=run_api)
 
-    serve = subparsers.add_parser("serve", help="API plus one worker on this machine (bundled default model)")
+    serve = subparsers.add_parser(
+        "serve",
+        help="API plus one worker on this machine (bundled default model); for local development: "
+        "no API keys unless UNCLIP_REQUIRE_API_KEYS=true",
+    )
     serve.add_argument("--host", default="127.0.0.1")
     serve.add_argument("--port", type=int, default=8000)
     serve.set_defaults(func=run_serve)
@@ -51,6 +55,9 @@ def run_serve(args: argparse.Namespace) -> int:
     from contract.settings import get_settings
     from service.main import create_app
 
+    # `serve` is the local development command (`make run`): without keys unless the environment
+    # asks for them. The API logs a warning at start-up while keys are off.
+    os.environ.setdefault("UNCLIP_REQUIRE_API_KEYS", "false")
     settings = get_settings()
     problem = check_redis(settings.redis_url)
     if problem is not None:

@@ -13,6 +13,7 @@ from contract.jobs import JobStore
 from contract.metrics import ApiMetrics
 from contract.settings import Settings, get_settings
 from contract.storage import ImageStorage, LocalImageStorage
+from service.auth import PrincipalDep
 from service.errors import ApiError
 
 _JOB_ID = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
@@ -38,11 +39,23 @@ def get_metrics(request: Request) -> ApiMetrics:
 MetricsDep = Annotated[ApiMetrics, Depends(get_metrics)]
 
 
-def get_store(redis: RedisDep, settings: SettingsDep, metrics: MetricsDep) -> JobStore:
-    return JobStore(redis, settings, metrics)
+def get_store(
+    principal: PrincipalDep, redis: RedisDep, settings: SettingsDep, metrics: MetricsDep
+) -> JobStore:
+    """The job store of the caller: it submits jobs as theirs and reads only theirs (a route that
+    takes it is authenticated even if its router were included without the auth dependency)."""
+    return JobStore(redis, settings, metrics, owner=principal.owner)
 
 
 StoreDep = Annotated[JobStore, Depends(get_store)]
+
+
+def get_system_store(redis: RedisDep, settings: SettingsDep, metrics: MetricsDep) -> JobStore:
+    """A store that belongs to nobody: readiness and metrics, which read no job."""
+    return JobStore(redis, settings, metrics)
+
+
+SystemStoreDep = Annotated[JobStore, Depends(get_system_store)]
 
 
 def get_storage(settings: SettingsDep) -> ImageStorage:
@@ -55,7 +68,8 @@ StorageDep = Annotated[ImageStorage, Depends(get_storage)]
 def get_job(
     job_id: Annotated[str, Path(description="the id returned by POST /generate")], store: StoreDep
 ) -> Job:
-    """The job, or a 404 (also for ids that could never exist, so ids cannot be probed by shape)."""
+    """The caller's job, or a 404: also for ids that could never exist (ids cannot be probed by
+    shape) and for another API key's job (tenancy, in ``JobStore.fetch``: 404, not 403)."""
     job = store.fetch(job_id) if _JOB_ID.match(job_id) else None
     if job is None:
         raise ApiError(

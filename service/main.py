@@ -6,17 +6,26 @@ Redis is down) and never loads a model: the workers own the model.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
-from fastapi import FastAPI
+from fastapi import Depends, FastAPI
 from redis import Redis
 
 from contract.metrics import ApiMetrics
 from contract.settings import Settings, get_settings
+from service.auth import authenticate
 from service.errors import install_error_handlers
 from service.middleware import BodyLimitMiddleware, RequestMetricsMiddleware
+from service.rate_limits import RateLimitHeadersMiddleware, request_limiter
 from service.routes import generations, health
+
+log = logging.getLogger("unclip.api")
+
+# Include every router that serves clients with ``dependencies=AUTHENTICATED``: an API key (or a
+# signed image URL) is then required on each of its routes. Only health and metrics are public.
+AUTHENTICATED = [Depends(authenticate)]
 
 
 def open_redis(settings: Settings) -> Redis:
@@ -32,6 +41,12 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     settings: Settings = resolve()
     app.state.settings = settings
     app.state.redis = open_redis(settings)
+    app.state.request_limiter = request_limiter(app.state.redis)
+    if not settings.require_api_keys:
+        log.warning(
+            "API keys are OFF (UNCLIP_REQUIRE_API_KEYS=false): anyone who reaches this API can use it "
+            "and read every job; for local development only"
+        )
     try:
         yield
     finally:
@@ -51,8 +66,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.settings = settings
     app.state.metrics = ApiMetrics.create()
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
+    app.add_middleware(RateLimitHeadersMiddleware)
     app.add_middleware(RequestMetricsMiddleware, metrics=app.state.metrics)
     install_error_handlers(app)
-    app.include_router(generations.router)
+    app.include_router(generations.router, dependencies=AUTHENTICATED)
     app.include_router(health.router)
     return app

@@ -6,7 +6,7 @@ from fastapi import APIRouter, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from contract.schemas import ErrorResponse, Health, Readiness
-from service.deps import MetricsDep, RedisDep, StoreDep
+from service.deps import MetricsDep, RedisDep, SystemStoreDep
 from service.errors import ApiError
 
 router = APIRouter(tags=["health"])
@@ -19,7 +19,7 @@ def healthz() -> Health:
 
 
 @router.get("/readyz", response_model=Readiness, responses={503: {"model": ErrorResponse}})
-def readyz(redis: RedisDep, store: StoreDep) -> Readiness:
+def readyz(redis: RedisDep, store: SystemStoreDep) -> Readiness:
     """Redis answers and at least one worker holds a current lease."""
     redis.ping()
     workers = store.live_workers()
@@ -31,6 +31,6 @@ def readyz(redis: RedisDep, store: StoreDep) -> Readiness:
 
 
 @router.get("/metrics", include_in_schema=False)
-def metrics(metrics: MetricsDep, store: StoreDep) -> Response:
+def metrics(metrics: MetricsDep, store: SystemStoreDep) -> Response:
     registry = metrics.scrape_registry(store.queue_depth)
     return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)

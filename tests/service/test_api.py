@@ -18,7 +18,10 @@ from tests.conftest import free_port
 
 @pytest.fixture
 def settings(redis_url: str, queue_name: str, tmp_path: Path) -> Settings:
-    return Settings(redis_url=redis_url, queue=queue_name, storage_dir=tmp_path, max_queue_depth=3)
+    # Keys off: these tests are about the API's answers; tests/service/test_auth.py covers keys.
+    return Settings(
+        redis_url=redis_url, queue=queue_name, storage_dir=tmp_path, max_queue_depth=3, require_api_keys=False
+    )
 
 
 @pytest.fixture
@@ -228,7 +231,9 @@ def test_openapi_docs(client: TestClient) -> None:
 
 
 def test_redis_down_is_503(tmp_path: Path) -> None:
-    settings = Settings(redis_url=f"redis://127.0.0.1:{free_port()}/0", storage_dir=tmp_path)
+    settings = Settings(
+        redis_url=f"redis://127.0.0.1:{free_port()}/0", storage_dir=tmp_path, require_api_keys=False
+    )
     with TestClient(create_app(settings)) as client:
         assert client.get("/healthz").status_code == 200  # the process itself is fine
         for response in (

@@ -44,6 +44,7 @@ def settings(tmp_path_factory: pytest.TempPathFactory) -> Settings:
         webhook_secret=SECRET,
         webhook_backoff_s=0.2,
         webhook_allow_private=True,  # the test receiver listens on 127.0.0.1
+        require_api_keys=False,  # keys: tests/service/test_auth.py and test_faults.py
     )
 
 
