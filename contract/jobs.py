@@ -16,7 +16,7 @@ import secrets
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 from redis import Redis
@@ -26,6 +26,7 @@ from rq.job import JobStatus as RqStatus
 from rq.queue import Queue
 from rq.serializers import JSONSerializer
 
+from contract.admission import Admission, KeyLimits, Refused, Slot
 from contract.connection import as_text
 from contract.keys import Keys
 from contract.metrics import FinalStateMetrics
@@ -102,6 +103,9 @@ class IdempotencyRecord:
     fingerprint: str
 
 
+_UNADMITTED_TTL_S = 60
+
+
 def new_job_id() -> str:
     """Unguessable: 144 random bits (a job id is the only key to its images)."""
     return "gen_" + secrets.token_urlsafe(18)
@@ -136,7 +140,8 @@ class JobStore:
     ``metrics`` is where this process counts the final states it records (the API's or the
     worker's registry); None counts nothing. ``owner`` is the API key id of the caller this store
     serves (the API builds one per request): its submits belong to it and it reads only its own
-    jobs. None (workers, the reaper, keys off) sees every job.
+    jobs. None (workers, the reaper, keys off) sees every job. ``limits`` are the owner's images
+    per minute and unfinished jobs at once, enforced at admission.
     """
 
     def __init__(
@@ -145,11 +150,14 @@ class JobStore:
         settings: Settings,
         metrics: FinalStateMetrics | None = None,
         owner: str | None = None,
+        limits: KeyLimits | None = None,
     ):
         self.connection = connection
         self.settings = settings
         self.metrics = metrics
         self.owner = owner
+        self.limits = limits
+        self.admission = Admission(connection)
         self.keys = Keys(settings.key_prefix)
         self.queue = Queue(settings.queue, connection=connection, serializer=JSONSerializer)
         self._signer: UrlSigner | None = None
@@ -202,9 +210,11 @@ class JobStore:
         return Submission(job, replayed=True)
 
     def submit(self, request: GenerateRequest, job_id: str) -> Job:
-        """Enqueue ``request`` (whose seed is set) as job ``job_id`` of this store's owner."""
+        """Enqueue ``request`` (whose seed is set) as job ``job_id`` of this store's owner, if the
+        queue and the owner's limits have room (``contract.admission``: checked and pushed in one
+        Lua script); else :class:`QueueFull` or :class:`~contract.admission.Refused`."""
         task = GenerationTask(request)
-        return self.queue.enqueue_call(
+        job = self.queue.create_job(
             JOB_FUNC,
             kwargs=task.to_kwargs(),
             job_id=job_id,
@@ -213,6 +223,32 @@ class JobStore:
             failure_ttl=self.settings.record_ttl_s,
             description=f"generate(n={request.n}, size={request.size})",
             meta={"created_at": time.time(), "attempts": 0, "owner": self.owner},
+        )
+        job.origin = self.queue.name
+        job.enqueued_at = datetime.now(UTC)
+        with self.connection.pipeline() as pipe:
+            job.save(pipeline=pipe)
+            pipe.expire(job.key, _UNADMITTED_TTL_S)  # until admitted: a crash here leaves nothing
+            pipe.execute()
+        try:
+            self.admission.admit(
+                self._slot(job), job.id, self.settings.max_queue_depth, task.request.n, self.limits
+            )
+        except Refused as refusal:
+            if refusal.code == "queue_full":
+                raise QueueFull(self.queue_depth(), self.settings.max_queue_depth) from None
+            raise
+        return job
+
+    def _slot(self, job: Job) -> Slot:
+        keyed = self.owner is not None and self.limits is not None
+        return Slot(
+            queue_key=self.queue.key,
+            queues_key=self.queue.redis_queues_keys,
+            record_key=job.key,
+            job_prefix=Job.redis_job_namespace_prefix,
+            active_key=self.keys.active_jobs(self.owner) if keyed and self.owner else None,
+            window_key=self.keys.image_rate(self.owner) if keyed and self.owner else None,
         )
 
     def queue_depth(self) -> int:
@@ -356,6 +392,9 @@ class JobStore:
                 job.cancel()
         if status is JobStatus.CANCELED:
             self.connection.expire(job.key, self.settings.record_ttl_s)
+        owner = job.meta.get("owner")
+        if owner:
+            self.connection.srem(self.keys.active_jobs(owner), job.id)  # room for the key's next job
         if not self.claim_final(job.id):
             return False
         if self.metrics is not None:

@@ -9,11 +9,12 @@ from fastapi import Depends, Header, Path, Request
 from redis import Redis
 from rq.job import Job
 
+from contract.admission import KeyLimits
 from contract.jobs import JobStore
 from contract.metrics import ApiMetrics
 from contract.settings import Settings, get_settings
 from contract.storage import ImageStorage, LocalImageStorage
-from service.auth import PrincipalDep
+from service.auth import PrincipalDep, limits_of
 from service.errors import ApiError
 
 _JOB_ID = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
@@ -44,7 +45,11 @@ def get_store(
 ) -> JobStore:
     """The job store of the caller: it submits jobs as theirs and reads only theirs (a route that
     takes it is authenticated even if its router were included without the auth dependency)."""
-    return JobStore(redis, settings, metrics, owner=principal.owner)
+    limits = None
+    if principal.key is not None:
+        _, images_per_minute, max_active_jobs = limits_of(principal.key, settings)
+        limits = KeyLimits(images_per_minute=images_per_minute, max_active_jobs=max_active_jobs)
+    return JobStore(redis, settings, metrics, owner=principal.owner, limits=limits)
 
 
 StoreDep = Annotated[JobStore, Depends(get_store)]

@@ -18,6 +18,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from contract.admission import Refused
 from contract.jobs import IdempotencyKeyInFlight, IdempotencyKeyReused, JobConflict, QueueFull
 
 log = logging.getLogger("unclip.api")
@@ -107,6 +108,13 @@ async def handle_queue_full(request: Request, exc: Exception) -> JSONResponse:
     return error_response(429, "queue_full", str(exc), headers={"Retry-After": retry_after})
 
 
+async def handle_key_limit(request: Request, exc: Exception) -> JSONResponse:
+    """A key's unfinished jobs or images per minute are spent (checked where the job is enqueued)."""
+    assert isinstance(exc, Refused)
+    retry_after = exc.retry_after_s or request.app.state.settings.retry_after_s
+    return error_response(429, exc.code, exc.message, headers={"Retry-After": str(retry_after)})
+
+
 async def handle_job_conflict(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, JobConflict)
     return error_response(
@@ -146,6 +154,7 @@ def install_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(RequestValidationError, handle_validation_error)
     app.add_exception_handler(StarletteHTTPException, handle_http_error)
     app.add_exception_handler(QueueFull, handle_queue_full)
+    app.add_exception_handler(Refused, handle_key_limit)
     app.add_exception_handler(JobConflict, handle_job_conflict)
     app.add_exception_handler(IdempotencyKeyReused, handle_idempotency_reused)
     app.add_exception_handler(IdempotencyKeyInFlight, handle_idempotency_in_flight)
