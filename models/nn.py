@@ -7,10 +7,13 @@ from __future__ import annotations
 
 import math
 from math import gcd
+from typing import TypeVar
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+ModuleT = TypeVar("ModuleT", bound=nn.Module)
 
 
 class GroupNorm32(nn.GroupNorm):
@@ -39,7 +42,7 @@ def normalization(channels: int) -> GroupNorm32:
     return GroupNorm32(norm_groups(channels), channels)
 
 
-def zero_module(module: nn.Module) -> nn.Module:
+def zero_module(module: ModuleT) -> ModuleT:
     """Zero a module's parameters in place and return it (the residual branches start as identity)."""
     for p in module.parameters():
         p.detach().zero_()

@@ -133,6 +133,9 @@ class AttentionBlock(nn.Module):
         self.qkv = nn.Conv1d(channels, 3 * channels, 1)
         self.encoder_kv = nn.Conv1d(encoder_channels, 2 * channels, 1) if encoder_channels else None
         self.proj_out = zero_module(nn.Conv1d(channels, channels, 1))
+        # Token layout (models.execution.ExecutionConfig.fused_attention): q/k/v reach
+        # scaled_dot_product_attention with unit last stride, which its fused CPU kernel needs.
+        self.token_layout = True
 
     def forward(
         self,
@@ -146,6 +149,8 @@ class AttentionBlock(nn.Module):
         :param context_mask: [N x S] bool, True where a context token may be attended to.
         :return: [N x C x H x W].
         """
+        if self.token_layout:
+            return x + self._attend_tokens(x, context, context_mask)
         n, c, height, width = x.shape
         heads, head_dim = self.num_heads, c // self.num_heads
         flat = x.reshape(n, c, height * width)  # [N x C x T]
@@ -168,6 +173,38 @@ class AttentionBlock(nn.Module):
         )  # [N x h x T x d]
         out = out.transpose(-1, -2).reshape(n, c, height * width)  # [N x C x T]
         return x + self.proj_out(out).reshape(n, c, height, width)
+
+    def _attend_tokens(
+        self, x: torch.Tensor, context: torch.Tensor | None, context_mask: torch.Tensor | None
+    ) -> torch.Tensor:
+        """The attention branch computed on tokens [N x T x C]: the same weights as the channel
+        layout (each 1×1 Conv1d is a Linear on tokens), but q, k and v come out as views with
+        unit last stride, so ``scaled_dot_product_attention`` runs its fused (flash) kernel
+        instead of the unfused math path, and a channels_last ``x`` is read without a copy.
+
+        :param x: [N x C x H x W] features (either memory format).
+        :return: [N x C x H x W] the branch's output (channels_last strides), before the residual.
+        """
+        n, c, height, width = x.shape
+        heads, head_dim = self.num_heads, c // self.num_heads
+        tokens = self.norm(x).flatten(2).transpose(1, 2)  # [N x T x C]
+        qkv = F.linear(tokens, self.qkv.weight.squeeze(-1), self.qkv.bias)  # [N x T x 3C]
+        q, k, v = qkv.view(n, -1, heads, 3 * head_dim).transpose(1, 2).chunk(3, dim=-1)  # [N x h x T x d]
+        mask = None
+        if context is not None and self.encoder_kv is not None:
+            ctx = context.to(tokens.dtype)  # [N x S x E]
+            ekv = F.linear(ctx, self.encoder_kv.weight.squeeze(-1), self.encoder_kv.bias)  # [N x S x 2C]
+            ek, ev = ekv.view(n, -1, heads, 2 * head_dim).transpose(1, 2).chunk(2, dim=-1)  # [N x h x S x d]
+            k = torch.cat([ek.to(k.dtype), k], dim=2)  # [N x h x (S+T) x d]
+            v = torch.cat([ev.to(v.dtype), v], dim=2)  # [N x h x (S+T) x d]
+            if context_mask is not None:
+                own = torch.ones(n, height * width, dtype=torch.bool, device=x.device)
+                keys_ok = torch.cat([context_mask.to(x.device), own], dim=1)  # [N x (S+T)]
+                mask = keys_ok[:, None, None, :]  # [N x 1 x 1 x (S+T)]
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)  # [N x h x T x d]
+        out = out.transpose(1, 2).reshape(n, height * width, c)  # [N x T x C]
+        out = F.linear(out, self.proj_out.weight.squeeze(-1), self.proj_out.bias)  # [N x T x C]
+        return out.transpose(1, 2).view(n, c, height, width)  # [N x C x H x W], channels_last strides
 
 
 class TimestepEmbedSequential(nn.Sequential):

@@ -1,0 +1,198 @@
+"""How the networks run, apart from what they compute: the fast path's switches.
+
+Every switch here changes speed, not the model: the same weights and the same sampling give the
+same images within a measured tolerance (``tests/models/test_fast_path.py``), and with a switch
+off the code it guards runs exactly as before it existed (bit-identical). ``bench.compare``
+measures what each one buys; the defaults are the ones that measured fastest on our CPUs
+(docs/benchmark.md).
+
+- ``fused_attention``: the UNet's attention works on tokens, so q/k/v reach
+  ``scaled_dot_product_attention`` with unit last stride and its fused (flash) kernel runs; the
+  channel layout hands it transposed views and it falls back to the unfused math path.
+- ``channels_last``: UNet weights and activations in NHWC, which oneDNN's convolutions prefer.
+- ``autocast``: bfloat16 autocast for the stages in ``autocast_stages`` where the device has
+  bfloat16 arithmetic (weights stay float32; the sampler's math stays float32).
+- ``compile``: ``torch.compile`` the UNets (each batch shape compiles once; the worker warms up at
+  start). ``cuda_graphs``: on CUDA, compile with CUDA graphs ("reduce-overhead") and pad each
+  batch up to the next of ``graph_buckets`` so a few captured graphs serve every batch size.
+- ``micro_batch_*``: run a stage's rows in chunks of at most this many (0: all at once); rows draw
+  their noise from their own seeds, so chunking does not change which numbers a row gets.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import torch
+from torch import nn
+
+from models.configs import StageName
+from models.unet import AttentionBlock
+
+AutocastMode = Literal["off", "bfloat16"]
+UNET_STAGES: tuple[StageName, ...] = ("decoder", "sr256", "sr1024")
+
+
+@dataclass(frozen=True)
+class ExecutionConfig:
+    """The fast path's switches (see the module docstring); the defaults are the measured best."""
+
+    fused_attention: bool = True
+    channels_last: bool = False
+    autocast: AutocastMode = "off"
+    autocast_stages: tuple[StageName, ...] = ("sr256", "sr1024")
+    compile: bool = False
+    cuda_graphs: bool = False
+    graph_buckets: tuple[int, ...] = (1, 2, 4, 8, 16, 32)
+    micro_batch_prior: int = 0
+    micro_batch_decoder: int = 0
+    micro_batch_sr256: int = 4
+    micro_batch_sr1024: int = 4
+
+    def micro_batch(self, stage: StageName) -> int:
+        """Most rows of ``stage`` run together (0: the whole batch)."""
+        rows: int = getattr(self, f"micro_batch_{stage}", 0)
+        return rows
+
+    def autocast_dtype(self, stage: StageName, device: torch.device) -> torch.dtype | None:
+        """bfloat16 where this stage autocasts and the device supports it, else None."""
+        if self.autocast == "off" or stage not in self.autocast_stages:
+            return None
+        return torch.bfloat16 if bf16_supported(device) else None
+
+
+# Every switch off: the code as it ran before the fast path existed.
+BASELINE = ExecutionConfig(fused_attention=False, micro_batch_sr256=0, micro_batch_sr1024=0)
+
+
+def bf16_supported(device: torch.device) -> bool:
+    """Whether ``device`` has bfloat16 arithmetic worth autocasting to (AVX-512 BF16 / AMX on the
+    CPU; Ampere or newer on CUDA)."""
+    if device.type == "cuda":
+        return bool(torch.cuda.is_available() and torch.cuda.is_bf16_supported())
+    if device.type == "cpu":
+        return bool(torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    return False
+
+
+def set_fused_attention(module: nn.Module, enabled: bool) -> None:
+    """Switch every UNet attention block of ``module`` to the token layout (or back)."""
+    for block in module.modules():
+        if isinstance(block, AttentionBlock):
+            block.token_layout = enabled
+
+
+def chunks(n: int, size: int) -> list[range]:
+    """Row ranges of at most ``size`` rows covering 0..n-1 (one range when ``size`` is 0 or ≥ n)."""
+    if size <= 0 or size >= n:
+        return [range(n)]
+    return [range(start, min(start + size, n)) for start in range(0, n, size)]
+
+
+def bucket_for(n: int, buckets: Sequence[int]) -> int:
+    """The smallest bucket that holds ``n`` rows (``n`` itself beyond the largest)."""
+    return next((b for b in sorted(buckets) if b >= n), n)
+
+
+def pad_rows(value: Any, n: int, rows: int) -> Any:
+    """A batched tensor [n x ...] padded to [rows x ...] by repeating its last row; else as is."""
+    if not isinstance(value, torch.Tensor) or value.dim() == 0 or value.shape[0] != n or rows == n:
+        return value
+    return torch.cat([value, value[-1:].expand(rows - n, *value.shape[1:])])
+
+
+class NetworkCall:
+    """Calls one stage's network the way ``ExecutionConfig`` says: in the network's dtype (the
+    sampler's math stays float32), optionally channels_last, under bf16 autocast, and padded to a
+    CUDA-graph bucket.
+
+    :param network: the stage's module, or its compiled form.
+    :param dtype: the network's parameter dtype; inputs are cast to it, the output to float32.
+    """
+
+    def __init__(
+        self,
+        network: Callable[..., torch.Tensor],
+        dtype: torch.dtype,
+        *,
+        channels_last: bool = False,
+        autocast_dtype: torch.dtype | None = None,
+        device_type: str = "cpu",
+        buckets: Sequence[int] = (),
+    ):
+        self.network = network
+        self.dtype = dtype
+        self.channels_last = channels_last
+        self.autocast_dtype = autocast_dtype
+        self.device_type = device_type
+        self.buckets = tuple(buckets)
+
+    def __call__(self, x: torch.Tensor, t: torch.Tensor, **kwargs: Any) -> torch.Tensor:
+        """x [N x ...], t [N] → the network's output [N x ...] in float32."""
+        cast = {
+            k: v.to(self.dtype) if isinstance(v, torch.Tensor) and v.is_floating_point() else v
+            for k, v in kwargs.items()
+        }
+        x = x.to(self.dtype)
+        n = x.shape[0]
+        rows = bucket_for(n, self.buckets) if self.buckets else n
+        if rows != n:
+            x, t = pad_rows(x, n, rows), pad_rows(t, n, rows)
+            cast = {k: pad_rows(v, n, rows) for k, v in cast.items()}
+        if self.channels_last and x.dim() == 4:
+            x = x.contiguous(memory_format=torch.channels_last)
+        if self.autocast_dtype is None:
+            out = self.network(x, t, **cast)
+        else:
+            with torch.autocast(self.device_type, dtype=self.autocast_dtype):
+                out = self.network(x, t, **cast)
+        return out[:n].float().contiguous()
+
+
+def prepare_network(
+    stage: StageName, network: nn.Module, config: ExecutionConfig, device: torch.device
+) -> Callable[..., torch.Tensor]:
+    """Apply the module-level switches to ``network`` in place; return what to call (the module,
+    or its ``torch.compile`` form for UNet stages when compiling)."""
+    set_fused_attention(network, config.fused_attention)
+    if stage not in UNET_STAGES:
+        return network
+    if config.channels_last:
+        network.to(memory_format=torch.channels_last)
+    graphs = config.cuda_graphs and device.type == "cuda"
+    if config.compile or graphs:
+        mode = "reduce-overhead" if graphs else None
+        compiled: Callable[..., torch.Tensor] = torch.compile(network, mode=mode, dynamic=False)
+        return compiled
+    return network
+
+
+def network_call(
+    stage: StageName,
+    network: Callable[..., torch.Tensor],
+    dtype: torch.dtype,
+    config: ExecutionConfig,
+    device: torch.device,
+) -> NetworkCall:
+    """The :class:`NetworkCall` of one stage under ``config``."""
+    graphs = config.cuda_graphs and device.type == "cuda" and stage in UNET_STAGES
+    return NetworkCall(
+        network,
+        dtype,
+        channels_last=config.channels_last and stage in UNET_STAGES,
+        autocast_dtype=config.autocast_dtype(stage, device),
+        device_type=device.type,
+        buckets=config.graph_buckets if graphs else (),
+    )
+
+
+def owned_cores() -> int:
+    """CPU cores this process may run on (its affinity mask, which containers and ``taskset``
+    narrow), not the host's count."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        return os.cpu_count() or 1
