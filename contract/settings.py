@@ -41,6 +41,26 @@ class Settings(BaseSettings):
     dtype: Literal["float32", "float16", "bfloat16"] = "float32"
     text_cache_ttl_s: int = Field(default=7 * 24 * 3600, ge=1)
     text_cache_size: int = Field(default=1024, ge=0, description="in-process LRU entries (0 disables)")
+    # -- speed: the fast path's switches (models/execution.py; `make bench` measures each) -----
+    fused_attention: bool = Field(default=True, description="UNet attention on tokens (fused SDPA kernel)")
+    channels_last: bool = Field(default=False, description="UNet weights and activations in NHWC")
+    autocast: Literal["off", "bfloat16"] = Field(
+        default="off", description="bfloat16 autocast of autocast_stages where the device has bf16"
+    )
+    autocast_stages: tuple[Literal["decoder", "sr256", "sr1024"], ...] = ("sr256", "sr1024")
+    compile_unets: bool = Field(
+        default=False,
+        description="torch.compile the UNets, warmed up at start for each batch bucket up to max_batch "
+        "(minutes per network and bucket on a CPU; Inductor's cache keeps them across restarts)",
+    )
+    cuda_graphs: bool = Field(default=False, description="on CUDA: CUDA graphs for fixed batch buckets")
+    micro_batch_sr256: int = Field(default=4, ge=0, le=256, description="rows run together (0: all)")
+    micro_batch_sr1024: int = Field(default=4, ge=0, le=256, description="rows run together (0: all)")
+    omp_wait_policy: Literal["passive", "active", "default"] = Field(
+        default="passive",
+        description="OpenMP's wait policy for the worker's threads (set before torch starts); passive "
+        "keeps idle threads from spinning on shared or oversubscribed cores",
+    )
     # -- results ------------------------------------------------------------------------------
     storage_dir: Path = Path("./var/images")
     result_ttl_s: int = Field(default=3600, ge=1, description="images and results expire after this")
@@ -48,7 +68,9 @@ class Settings(BaseSettings):
     # -- worker liveness ----------------------------------------------------------------------
     lease_ttl_s: int = Field(default=6, ge=2, le=300, description="a worker silent this long is dead")
     max_worker_lost_retries: int = Field(default=2, ge=0, le=20)
-    worker_metrics_port: int = Field(default=9101, ge=0, le=65535, description="0 disables")
+    worker_metrics_port: int = Field(
+        default=9101, ge=0, le=65535, description="0 disables; taken: the next free port above it"
+    )
     # -- webhooks -----------------------------------------------------------------------------
     webhook_secret: SecretStr | None = None
     webhook_timeout_s: float = Field(default=5.0, gt=0, le=60)
@@ -116,7 +138,7 @@ class Settings(BaseSettings):
     )
     worker_slots_dir: Path = Field(
         default=Path(tempfile.gettempdir()) / "unclip-workers",
-        description="lock files that number this host's workers (metrics port = base + slot, thread share)",
+        description="lock files that count this host's workers (for their share of the cores)",
     )
 
     @field_validator("webhook_secret")

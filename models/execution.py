@@ -12,9 +12,9 @@ measures what each one buys; the defaults are the ones that measured fastest on 
 - ``channels_last``: UNet weights and activations in NHWC, which oneDNN's convolutions prefer.
 - ``autocast``: bfloat16 autocast for the stages in ``autocast_stages`` where the device has
   bfloat16 arithmetic (weights stay float32; the sampler's math stays float32).
-- ``compile``: ``torch.compile`` the UNets (each batch shape compiles once; the worker warms up at
-  start). ``cuda_graphs``: on CUDA, compile with CUDA graphs ("reduce-overhead") and pad each
-  batch up to the next of ``graph_buckets`` so a few captured graphs serve every batch size.
+- ``compile``: ``torch.compile`` the UNets. ``cuda_graphs``: on CUDA, compile with CUDA graphs
+  ("reduce-overhead"). Either way each batch is padded up to the next of ``graph_buckets``, so a
+  few shapes, compiled or captured once (the worker warms them up at start), serve every size.
 - ``micro_batch_*``: run a stage's rows in chunks of at most this many (0: all at once); rows draw
   their noise from their own seeds, so chunking does not change which numbers a row gets.
 """
@@ -178,14 +178,16 @@ def network_call(
     device: torch.device,
 ) -> NetworkCall:
     """The :class:`NetworkCall` of one stage under ``config``."""
-    graphs = config.cuda_graphs and device.type == "cuda" and stage in UNET_STAGES
+    # A compiled network or a captured graph serves fixed shapes: pad each batch to a bucket so a
+    # few shapes (compiled once, at the worker's warm-up) serve every batch size.
+    fixed_shapes = (config.compile or (config.cuda_graphs and device.type == "cuda")) and stage in UNET_STAGES
     return NetworkCall(
         network,
         dtype,
         channels_last=config.channels_last and stage in UNET_STAGES,
         autocast_dtype=config.autocast_dtype(stage, device),
         device_type=device.type,
-        buckets=config.graph_buckets if graphs else (),
+        buckets=config.graph_buckets if fixed_shapes else (),
     )
 
 

@@ -10,15 +10,19 @@ from __future__ import annotations
 
 import enum
 import logging
+import os
+import sys
 import time
 from collections.abc import Callable, Collection, Sequence
 from typing import TYPE_CHECKING
 
 from contract.metrics import WorkerMetrics
+from contract.settings import Settings
 from models.configs import SamplingConfig
 from workers.text_cache import TextEncodingCache
 
 if TYPE_CHECKING:
+    from models.execution import ExecutionConfig
     from models.pipeline import GenerationOutput, GenerationRequest, UnclipPipeline
 
 log = logging.getLogger("unclip.worker")
@@ -144,3 +148,67 @@ def _is_fatal(exc: BaseException) -> bool:
     if "out of memory" in message.lower():
         return False
     return "CUDA error" in message or "device-side assert" in message
+
+
+# -- start-up: the fast path the settings ask for --------------------------------------------------
+
+
+def configure_openmp(policy: str) -> None:
+    """Set ``OMP_WAIT_POLICY`` from the settings before torch starts (OpenMP reads it once, when
+    torch loads); an operator's own environment value wins. Passive waiting keeps a worker's idle
+    threads from spinning on cores that other threads or workers need."""
+    if policy == "default" or "OMP_WAIT_POLICY" in os.environ:
+        return
+    if "torch" in sys.modules:
+        log.warning("OMP_WAIT_POLICY=%s set after torch loaded: it has no effect", policy.upper())
+    os.environ["OMP_WAIT_POLICY"] = policy.upper()
+
+
+def execution_from_settings(settings: Settings) -> ExecutionConfig:
+    """The worker's fast-path switches (``UNCLIP_FUSED_ATTENTION``, ``UNCLIP_CHANNELS_LAST``, ...)."""
+    from models.execution import ExecutionConfig
+
+    return ExecutionConfig(
+        fused_attention=settings.fused_attention,
+        channels_last=settings.channels_last,
+        autocast=settings.autocast,
+        autocast_stages=settings.autocast_stages,
+        compile=settings.compile_unets,
+        cuda_graphs=settings.cuda_graphs,
+        micro_batch_sr256=settings.micro_batch_sr256,
+        micro_batch_sr1024=settings.micro_batch_sr1024,
+    )
+
+
+def pipeline_loader(settings: Settings, device: str) -> Loader:
+    """The worker's loader: the pipeline with the settings' fast path, then, when the UNets are
+    compiled (or captured as CUDA graphs), one warm-up batch per batch bucket up to ``max_batch``,
+    so the compile time counts in start-up rather than in the first jobs."""
+
+    def load() -> UnclipPipeline:
+        from models.pipeline import load_pipeline
+
+        execution = execution_from_settings(settings)
+        pipeline = load_pipeline(settings.weights, device, settings.dtype, execution)
+        if execution.compile or (execution.cuda_graphs and pipeline.device.type == "cuda"):
+            warm_up(pipeline, settings.max_batch)
+        return pipeline
+
+    return load
+
+
+def warm_up(pipeline: UnclipPipeline, max_batch: int) -> float:
+    """Run every stage once at each batch bucket up to ``max_batch`` (one step a stage): each
+    network shape a job can meet is compiled now. Returns the seconds it took."""
+    from models.pipeline import STAGE_SIDES, GenerationRequest
+
+    started = time.perf_counter()
+    one_step = pipeline.config.sampling.with_overrides(
+        {stage: {"steps": 1} for stage in ("prior", "decoder", "sr256", "sr1024")}
+    )
+    buckets = sorted({min(b, max_batch) for b in pipeline.execution.graph_buckets})
+    for batch in buckets:
+        pipeline.generate([GenerationRequest("warm-up", n=batch)], STAGE_SIDES[-1][1], one_step)
+    seconds = time.perf_counter() - started
+    log.info("compiled and warmed up batch buckets %s in %.1fs", buckets, seconds)
+    return seconds
