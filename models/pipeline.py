@@ -24,6 +24,7 @@ from models.checkpoints import load_into, load_stage_state, read_manifest
 from models.clip import FrozenClip, TextEncoding
 from models.configs import STAGES, ModelConfig, SamplingConfig, StageName, StageSampling, get_config
 from models.diffusion import ClassifierFreeGuidance, RowNoise, sample
+from models.execution import ExecutionConfig, NetworkCall, chunks, network_call, prepare_network
 from models.factory import create_stage_diffusion, create_stage_module
 
 DEFAULT_WEIGHTS_DIR = Path(__file__).parent / "default_weights"
@@ -142,6 +143,7 @@ class UnclipPipeline:
         model_id: str,
         device: str | torch.device = "cpu",
         dtype: str = "float32",
+        execution: ExecutionConfig | None = None,
     ):
         self.config = config
         self.model_id = model_id
@@ -151,11 +153,21 @@ class UnclipPipeline:
             module.to(self.device).eval().requires_grad_(False)
         self.clip = FrozenClip(modules["clip"]).to(self.device)
         self.networks = {s: modules[s].to(self.dtype) for s in STAGES if s != "clip"}
+        # The fast path (models.execution): what the samplers call for each stage, while
+        # ``networks`` stay the plain modules (training, probes and evaluation read them).
+        self.execution = execution or ExecutionConfig()
+        self._calls: dict[StageName, Callable[..., torch.Tensor]] = {
+            s: prepare_network(s, net, self.execution, self.device) for s, net in self.networks.items()
+        }
 
     # -- construction -------------------------------------------------------------------------
     @classmethod
     def from_weights(
-        cls, directory: str | Path, device: str = "cpu", dtype: str = "float32"
+        cls,
+        directory: str | Path,
+        device: str = "cpu",
+        dtype: str = "float32",
+        execution: ExecutionConfig | None = None,
     ) -> UnclipPipeline:
         """Our safetensors + manifest directory; hashes and shapes are checked on load."""
         directory = Path(directory)
@@ -168,17 +180,30 @@ class UnclipPipeline:
             )
             modules[stage] = module
         digest = hashlib.sha256((directory / "manifest.json").read_bytes()).hexdigest()[:16]
-        return cls(manifest.config, modules, model_id=f"weights-{digest}", device=device, dtype=dtype)
+        return cls(
+            manifest.config,
+            modules,
+            model_id=f"weights-{digest}",
+            device=device,
+            dtype=dtype,
+            execution=execution,
+        )
 
     @classmethod
     def random(
-        cls, config_name: str = "tiny", device: str = "cpu", dtype: str = "float32", seed: int = 0
+        cls,
+        config_name: str = "tiny",
+        device: str = "cpu",
+        dtype: str = "float32",
+        seed: int = 0,
+        execution: ExecutionConfig | None = None,
     ) -> UnclipPipeline:
         """Random weights (seeded): runs the whole chain before any model is trained."""
         config = get_config(config_name)
         torch.manual_seed(seed)
         modules = {stage: create_stage_module(stage, config) for stage in STAGES}
-        return cls(config, modules, model_id=f"random-{config_name}-{seed}", device=device, dtype=dtype)
+        model_id = f"random-{config_name}-{seed}"
+        return cls(config, modules, model_id=model_id, device=device, dtype=dtype, execution=execution)
 
     # -- inference ----------------------------------------------------------------------------
     def encode_text(self, prompts: Sequence[str]) -> TextEncoding:
@@ -290,7 +315,7 @@ class UnclipPipeline:
         x0 = denoise(
             "prior",
             self.config,
-            _CastModel(prior, self.dtype),
+            self.network_call("prior"),
             (n, self.config.prior.embed_dim),
             seeds,
             settings,
@@ -330,7 +355,7 @@ class UnclipPipeline:
         return denoise(
             "decoder",
             self.config,
-            _CastModel(self.networks["decoder"], self.dtype),
+            self.network_call("decoder"),
             (n, 3, side, side),
             seeds,
             settings,
@@ -352,18 +377,28 @@ class UnclipPipeline:
     ) -> torch.Tensor:
         assert low_res is not None
         side = getattr(self.config, stage).unet.image_size
-        return denoise(
-            stage,
-            self.config,
-            _CastModel(self.networks[stage], self.dtype),
-            (len(seeds), 3, side, side),
-            seeds,
-            settings,
-            cond={"low_res": low_res.clamp(-1, 1)},
-            clip_denoised=True,
-            device=self.device,
-            progress=progress,
-        )
+        # Micro-batches (ExecutionConfig.micro_batch_*): each row keeps its own seed's noise.
+        parts = chunks(len(seeds), self.execution.micro_batch(stage))
+        outs = [
+            denoise(
+                stage,
+                self.config,
+                self.network_call(stage),
+                (len(rows), 3, side, side),
+                seeds[rows.start : rows.stop],
+                settings,
+                cond={"low_res": low_res[rows.start : rows.stop].clamp(-1, 1)},  # [n x 3 x h x w]
+                clip_denoised=True,
+                device=self.device,
+                progress=_part_progress(progress, part, len(parts)),
+            )  # [n x 3 x side x side]
+            for part, rows in enumerate(parts)
+        ]
+        return outs[0] if len(outs) == 1 else torch.cat(outs)
+
+    def network_call(self, stage: StageName) -> NetworkCall:
+        """``stage``'s network as the samplers call it, under the pipeline's execution config."""
+        return network_call(stage, self._calls[stage], self.dtype, self.execution, self.device)
 
     # -- helpers ------------------------------------------------------------------------------
     @staticmethod
@@ -405,12 +440,30 @@ class UnclipPipeline:
         return time.perf_counter() - start
 
 
-def load_pipeline(weights: str | None = None, device: str = "cpu", dtype: str = "float32") -> UnclipPipeline:
-    """``None``: the bundled default model; ``random:<preset>``: random weights; else a weights dir."""
+def _part_progress(progress: Callable[[int, int], None], part: int, parts: int) -> Callable[[int, int], None]:
+    """A stage's step hook for micro-batch ``part`` of ``parts``: steps counted over all parts."""
+    if parts == 1:
+        return progress
+
+    def on_step(step: int, total: int) -> None:
+        progress(part * total + step, parts * total)
+
+    return on_step
+
+
+def load_pipeline(
+    weights: str | None = None,
+    device: str = "cpu",
+    dtype: str = "float32",
+    execution: ExecutionConfig | None = None,
+) -> UnclipPipeline:
+    """``None``: the bundled default model; ``random:<preset>``: random weights; else a weights dir.
+    ``execution``: the fast path's switches (default: :class:`~models.execution.ExecutionConfig`)."""
     if weights is not None and weights.startswith("random:"):
-        return UnclipPipeline.random(weights.split(":", 1)[1], device=device, dtype=dtype)
+        preset = weights.split(":", 1)[1]
+        return UnclipPipeline.random(preset, device=device, dtype=dtype, execution=execution)
     directory = Path(weights) if weights else DEFAULT_WEIGHTS_DIR
     if not (directory / "manifest.json").is_file():
         hint = "train one with `unclip train --all --out DIR`, or use random weights (`random:tiny`)"
         raise FileNotFoundError(f"no model weights at {directory} (manifest.json missing): {hint}")
-    return UnclipPipeline.from_weights(directory, device=device, dtype=dtype)
+    return UnclipPipeline.from_weights(directory, device=device, dtype=dtype, execution=execution)

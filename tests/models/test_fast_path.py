@@ -1,0 +1,187 @@
+"""The fast path (models/execution.py): each switch keeps the images within a measured tolerance,
+and with the switches off the code runs exactly as before. Never timed: bench.compare measures speed.
+
+Tolerances were measured on the bundled model at 256² (3 images, prior 4 / decoder 6 / sr256 3
+steps): fused attention, micro-batches and channels_last change no pixel by more than 1/255;
+bfloat16 autocast on the upsamplers moves pixels by 0.38/255 on average (99th percentile 2/255).
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+import numpy as np
+import pytest
+import torch
+from torch.utils._python_dispatch import TorchDispatchMode
+
+from models.configs import SamplingConfig, StageSampling, UNetConfig
+from models.execution import (
+    BASELINE,
+    ExecutionConfig,
+    NetworkCall,
+    bf16_supported,
+    bucket_for,
+    chunks,
+    network_call,
+    pad_rows,
+    prepare_network,
+    set_fused_attention,
+)
+from models.pipeline import GenerationRequest, UnclipPipeline, _CastModel, load_pipeline
+from models.unet import AttentionBlock, UNetModel
+
+FEW_STEPS = SamplingConfig(
+    prior=StageSampling(steps=3, guidance=2.0),
+    decoder=StageSampling(steps=4, guidance=3.0),
+    sr256=StageSampling(steps=2),
+    sr1024=StageSampling(steps=1),
+)
+REQUESTS = [
+    GenerationRequest("a small red circle in the center", n=2, seed=1),
+    GenerationRequest("a big blue star on the left", n=1, seed=2),
+]
+
+
+class OpNames(TorchDispatchMode):
+    """Records the name of every aten op that runs."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.names: list[str] = []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):  # type: ignore[no-untyped-def]
+        self.names.append(str(func))
+        return func(*args, **(kwargs or {}))
+
+
+def attention_block(seed: int = 0) -> AttentionBlock:
+    torch.manual_seed(seed)
+    block = AttentionBlock(64, 32, encoder_channels=48)
+    torch.nn.init.normal_(block.proj_out.weight, std=0.1)  # zero-initialised: make it matter
+    return block.eval()
+
+
+def attention_inputs() -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    g = torch.Generator().manual_seed(1)
+    x = torch.randn(3, 64, 8, 8, generator=g)
+    context = torch.randn(3, 6, 48, generator=g)
+    mask = torch.tensor([[True] * 6, [True, True, False, False, False, False], [True] * 3 + [False] * 3])
+    return x, context, mask
+
+
+def test_token_layout_matches_channel_layout() -> None:
+    block = attention_block()
+    x, context, mask = attention_inputs()
+    block.token_layout = False
+    reference = block(x, context, mask)
+    block.token_layout = True
+    for features in (x, x.contiguous(memory_format=torch.channels_last)):
+        torch.testing.assert_close(block(features, context, mask), reference, atol=1e-5, rtol=1e-5)
+    without_context = block(x)
+    block.token_layout = False
+    torch.testing.assert_close(without_context, block(x), atol=1e-5, rtol=1e-5)
+
+
+def test_token_layout_takes_the_fused_kernel_and_the_channel_layout_does_not() -> None:
+    block = attention_block()
+    x, context, mask = attention_inputs()
+    for token_layout, fused in ((True, True), (False, False)):
+        block.token_layout = token_layout
+        with torch.no_grad(), OpNames() as ops:
+            block(x, context, mask)
+        flash = any("_scaled_dot_product_flash_attention_for_cpu" in name for name in ops.names)
+        assert flash is fused, ops.names
+
+
+def test_token_layout_trains() -> None:
+    block = attention_block().train()
+    x, context, mask = attention_inputs()
+    block(x.requires_grad_(), context, mask).square().mean().backward()
+    assert block.qkv.weight.grad is not None and block.qkv.weight.grad.abs().sum() > 0
+    assert x.grad is not None and torch.isfinite(x.grad).all()
+
+
+def test_switches_off_call_the_network_as_before() -> None:
+    """BASELINE's NetworkCall is the pre-fast-path _CastModel, bit for bit."""
+    torch.manual_seed(0)
+    unet = UNetModel(
+        UNetConfig(image_size=16, model_channels=16, channel_mult=(1, 2), attention_resolutions=(8,))
+    )
+    torch.nn.init.normal_(unet.out[-1].weight, std=0.1)
+    x, t = torch.randn(2, 3, 16, 16), torch.tensor([10, 900])
+    set_fused_attention(unet, False)
+    before = _CastModel(unet, torch.float32)(x, t)
+    call = network_call(
+        "decoder", prepare_network("decoder", unet, BASELINE, x.device), torch.float32, BASELINE, x.device
+    )
+    assert torch.equal(call(x, t), before)
+
+
+def test_chunks_and_buckets() -> None:
+    assert chunks(5, 0) == [range(5)]
+    assert chunks(5, 8) == [range(5)]
+    assert chunks(5, 2) == [range(0, 2), range(2, 4), range(4, 5)]
+    assert [bucket_for(n, (1, 2, 4, 8)) for n in (1, 3, 4, 5, 9)] == [1, 4, 4, 8, 9]
+    padded = pad_rows(torch.arange(6).view(3, 2), 3, 5)
+    assert padded.tolist() == [[0, 1], [2, 3], [4, 5], [4, 5], [4, 5]]
+    assert pad_rows("text", 3, 5) == "text"
+
+
+def test_bucket_padding_keeps_each_rows_output() -> None:
+    """CUDA graphs replay fixed batch buckets: padding rows must not change the real rows."""
+    torch.manual_seed(0)
+    unet = UNetModel(
+        UNetConfig(image_size=16, model_channels=16, channel_mult=(1, 2), attention_resolutions=(8,))
+    )
+    torch.nn.init.normal_(unet.out[-1].weight, std=0.1)
+    x, t = torch.randn(3, 3, 16, 16), torch.tensor([10, 500, 900])
+    plain = NetworkCall(unet, torch.float32)(x, t)
+    padded = NetworkCall(unet, torch.float32, buckets=(1, 2, 4, 8))(x, t)
+    assert padded.shape == plain.shape
+    torch.testing.assert_close(padded, plain, atol=1e-5, rtol=1e-5)
+
+
+@pytest.fixture(scope="module")
+def baseline_images() -> np.ndarray:
+    return _images(load_pipeline(None, execution=BASELINE))
+
+
+def _images(pipeline: UnclipPipeline) -> np.ndarray:
+    """The bundled model's 256² images of REQUESTS (the decoder's and sr256's work), as int16."""
+    images = pipeline.generate(REQUESTS, 256, FEW_STEPS).images
+    return np.concatenate([i for i in images if i is not None]).astype(np.int16)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    "execution",
+    [
+        ExecutionConfig(),
+        replace(ExecutionConfig(), micro_batch_sr256=2),
+        replace(ExecutionConfig(), channels_last=True),
+        replace(BASELINE, fused_attention=True),
+    ],
+    ids=["default", "micro-batch-2", "channels_last", "fused-only"],
+)
+def test_float32_switches_keep_the_images(baseline_images: np.ndarray, execution: ExecutionConfig) -> None:
+    images = _images(load_pipeline(None, execution=execution))
+    assert np.abs(images - baseline_images).max() <= 2
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not bf16_supported(torch.device("cpu")), reason="no bfloat16 arithmetic on this CPU")
+def test_bf16_autocast_keeps_the_images_close(baseline_images: np.ndarray) -> None:
+    images = _images(load_pipeline(None, execution=replace(ExecutionConfig(), autocast="bfloat16")))
+    diff = np.abs(images - baseline_images)
+    assert diff.mean() < 1.5 and np.percentile(diff, 99) <= 8
+
+
+def test_micro_batches_report_progress_over_all_rows() -> None:
+    pipeline = UnclipPipeline.random("tiny", execution=replace(ExecutionConfig(), micro_batch_sr256=2))
+    seen: list[tuple[str, int, int]] = []
+    pipeline.generate(
+        REQUESTS, 256, FEW_STEPS, progress=lambda stage, step, total: seen.append((stage, step, total))
+    )
+    sr = [(step, total) for stage, step, total in seen if stage == "sr256"]
+    assert sr == [(k, 4) for k in range(1, 5)], "3 rows in chunks of 2: two chunks of 2 steps"
