@@ -125,9 +125,15 @@ def public_status(job: Job) -> JobStatus:
 _SERVER_PATH = re.compile(r"(?<![\w.:/])/(?:[\w.@+-]+/)+[\w.@+-]*")
 
 
+# A quoted file name with a directory in it, as OS errors print them ("No such file or
+# directory: 'var/images/ab/gen_x/0.png'"): relative paths say as much as absolute ones.
+_QUOTED_PATH = re.compile(r"""(['"])[^'"\s]*[/\\][^'"]*\1""")
+
+
 def public_message(message: str) -> str:
-    """An error message fit for a client: server paths replaced, at most 500 characters."""
-    return _SERVER_PATH.sub("<path>", message)[:500]
+    """An error message fit for a client: server paths (absolute, or quoted with a directory)
+    replaced, at most 500 characters."""
+    return _SERVER_PATH.sub("<path>", _QUOTED_PATH.sub("'<path>'", message))[:500]
 
 
 def _timestamp(value: datetime | None) -> float | None:

@@ -138,6 +138,11 @@ class WorkerMetrics:
         self.gpu_memory = Gauge(
             "unclip_gpu_memory_bytes", "GPU memory allocated by this worker (CUDA only)", registry=registry
         )
+        self.threads = Gauge(
+            "unclip_worker_threads",
+            "torch intra-op threads of this worker (its share of the host)",
+            registry=registry,
+        )
 
     def count_final(self, status: str, latency_s: float | None) -> None:
         self.jobs.labels(status).inc()

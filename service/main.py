@@ -1,19 +1,23 @@
 """The FastAPI app: ``create_app()`` wires routers, error handlers, middleware and the lifespan.
 
 The lifespan opens the Redis client (lazily connected: the app starts, and answers 503, while
-Redis is down) and never loads a model: the workers own the model.
+Redis is down), starts the reaper thread (a dead worker's jobs are requeued even when no worker
+is alive) and never loads a model: the workers own the model.
 """
 
 from __future__ import annotations
 
 import logging
+import threading
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 from fastapi import Depends, FastAPI
 from redis import Redis
 
+from contract.jobs import JobStore
 from contract.metrics import ApiMetrics
+from contract.reaper import PeriodicThread, Reaper
 from contract.settings import Settings, get_settings
 from service.auth import authenticate
 from service.errors import install_error_handlers
@@ -42,6 +46,11 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     app.state.settings = settings
     app.state.redis = open_redis(settings)
     app.state.request_limiter = request_limiter(app.state.redis)
+    stop = threading.Event()
+    if settings.reaper_interval_s > 0:
+        # The only worker may die: its jobs go back to the queue without waiting for another.
+        reaper = Reaper(JobStore(app.state.redis, settings, app.state.metrics))
+        PeriodicThread("reaper", settings.reaper_interval_s, reaper.run_once, stop).start()
     if not settings.require_api_keys:
         log.warning(
             "API keys are OFF (UNCLIP_REQUIRE_API_KEYS=false): anyone who reaches this API can use it "
@@ -50,6 +59,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     try:
         yield
     finally:
+        stop.set()
         app.state.redis.close()
 
 

@@ -11,18 +11,21 @@ import argparse
 import logging
 import sys
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from functools import partial
 
 from prometheus_client import CollectorRegistry, start_http_server
 from redis import Redis
+from redis.exceptions import RedisError
 
 from contract.connection import REDIS_HINT, check_redis
 from contract.jobs import JobStore
 from contract.metrics import WorkerMetrics
 from contract.settings import Settings, get_settings
 from contract.storage import LocalImageStorage
+from workers.host_slots import HostSlot, thread_share
 from workers.leases import Lease, PeriodicThread, Reaper
+from workers.outages import work_through_outages
 from workers.runtime import Runtime, RuntimeState
 from workers.text_cache import TextEncodingCache
 from workers.webhooks import WebhookSender
@@ -66,9 +69,13 @@ def run(burst: bool = False, name: str | None = None) -> int:
     connection = Redis.from_url(settings.redis_url, health_check_interval=30)
     registry = CollectorRegistry()
     metrics = WorkerMetrics(registry)
+    slot = HostSlot(settings.worker_slots_dir)
+    slot.claim()
     if settings.worker_metrics_port:
-        start_http_server(settings.worker_metrics_port, registry=registry)
-        log.info("worker metrics on :%d/metrics", settings.worker_metrics_port)
+        port = serve_metrics(settings.worker_metrics_port, registry)
+        log.info("worker slot %d on this host; metrics on :%d/metrics", slot.index, port)
+    share = partial(share_threads, settings, slot, metrics)
+    share()
     runtime = build_runtime(settings, connection, metrics)
     try:
         runtime.start()
@@ -84,6 +91,7 @@ def run(burst: bool = False, name: str | None = None) -> int:
         metrics=metrics,
         connection=connection,
         name=name,
+        before_batch=share,
     )
     stop = threading.Event()
     lease = Lease(connection, worker.store.keys, worker.name, settings.lease_ttl_s)
@@ -92,17 +100,49 @@ def run(burst: bool = False, name: str | None = None) -> int:
     threads = _start_threads(settings, connection, worker, lease, reaper, storage, stop)
     reaper.run_once()
     try:
-        worker.work(burst=burst, logging_level=settings.log_level)
+        work_through_outages(worker, burst, settings.log_level)
     finally:
         stop.set()
         for thread in threads:
             if isinstance(thread, WebhookSender):
                 thread.close()
-        # Whatever this worker still owns (a cold stop mid-batch) goes back to the queue now.
-        Reaper(worker.store).reap(worker.name)
-        lease.release()
+        # Whatever this worker still owns (a cold stop mid-batch, a batch past the shutdown
+        # grace) goes back to the queue now; no attempt is counted: no worker was lost.
+        _quietly(lambda: Reaper(worker.store).reap(worker.name, count_attempt=False))
+        _quietly(lease.release)
+        slot.release()
         metrics.worker_up.set(0)
     return 1 if runtime.state is RuntimeState.DEFUNCT and not burst else 0
+
+
+def serve_metrics(port: int, registry: CollectorRegistry, tries: int = 100) -> int:
+    """Serve ``registry`` on ``port``, or on the next free port above it (logged)."""
+    for candidate in range(port, min(port + tries, 65536)):
+        try:
+            start_http_server(candidate, registry=registry)
+        except OSError:
+            continue
+        return candidate
+    raise OSError(f"no free metrics port in {port}..{port + tries - 1}")
+
+
+def share_threads(settings: Settings, slot: HostSlot, metrics: WorkerMetrics) -> None:
+    """Use this worker's share of the host's cores (called at start and before every batch)."""
+    import torch
+
+    threads = thread_share(settings.worker_threads, slot.live_workers())
+    if threads is not None and threads != torch.get_num_threads():
+        log.info("using %d torch threads (%d workers on this host)", threads, slot.live_workers())
+        torch.set_num_threads(threads)
+    metrics.threads.set(torch.get_num_threads())
+
+
+def _quietly(action: Callable[[], object]) -> None:
+    """A clean-up step that must not hide the way out (Redis may be gone at exit)."""
+    try:
+        action()
+    except RedisError as exc:
+        log.warning("could not finish clean-up, Redis unreachable: %s", exc)
 
 
 def _start_threads(

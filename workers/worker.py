@@ -16,7 +16,10 @@ template-method hook rq calls with each dequeued job. Like ``SimpleWorker`` it n
    registries tell the truth. Those two rq methods are private: pyproject.toml pins the rq
    releases that have them and tests/workers/test_rq_contract.py checks their signatures.
 
-A SIGTERM during a batch is rq's warm shutdown: the batch finishes, then the worker exits.
+A SIGTERM during a batch is rq's warm shutdown: the batch finishes, then the worker exits; past
+``shutdown_grace_s`` the batch stops and its jobs go back to the queue. A batch that raises is
+sampled again in halves (out of memory: at half size; other errors: so the job that raises fails
+alone).
 """
 
 from __future__ import annotations
@@ -26,9 +29,9 @@ import sys
 import threading
 import time
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from types import TracebackType
+from types import FrameType, TracebackType
 from typing import Any
 
 import numpy as np
@@ -80,6 +83,7 @@ class BatchingWorker(BaseWorker):
         settings: Settings,
         storage: ImageStorage,
         metrics: WorkerMetrics | None = None,
+        before_batch: Callable[[], object] | None = None,
         **kwargs: Any,
     ):
         super().__init__(queues, serializer=JSONSerializer, **kwargs)
@@ -87,6 +91,8 @@ class BatchingWorker(BaseWorker):
         self.settings = settings
         self.storage = storage
         self.metrics = metrics
+        self.before_batch = before_batch  # e.g. re-share the host's cores (workers.host_slots)
+        self.stop_signal_received = False
         self.store = JobStore(self.connection, settings, metrics)
         self.ownership = Ownership(self.connection, self.store.keys, self.store.queue, self.name)
         self.limits = BatchLimits(max_images=settings.max_batch, max_wait_s=settings.max_wait_ms / 1000)
@@ -98,6 +104,8 @@ class BatchingWorker(BaseWorker):
         """Run ``job`` and the compatible jobs that join it within the batch window."""
         self.set_state(WorkerStatus.BUSY)  # from here a SIGTERM waits for the batch (warm stop)
         self.ownership.adopt(job.id)
+        if self.before_batch is not None:
+            self.before_batch()
         try:
             members = self._start(self._gather(job), queue)
             if members:
@@ -204,7 +212,9 @@ class BatchingWorker(BaseWorker):
                 output = self.runtime.generate(requests, size, sampling, progress=progress, canceled=canceled)
         except Exception:
             exc_info = sys.exc_info()
-            code = "timeout" if isinstance(exc_info[1], JobTimeoutException) else "generation_failed"
+            if self._retry_apart(members, queue, exc_info[1]):
+                return
+            code = _failure_code(exc_info[1])
             for member, ours in zip(members, self.ownership.holds([m.job.id for m in members]), strict=True):
                 if ours:
                     self._fail(member, queue, exc_info, code)
@@ -300,6 +310,48 @@ class BatchingWorker(BaseWorker):
             self.executions.pop(member.execution.id, None)
         self._set_running([m for m in self._snapshot_running() if m is not member])
 
+    # -- faults -------------------------------------------------------------------------------
+    def _retry_apart(self, members: list[Member], queue: Queue, exc: BaseException | None) -> bool:
+        """A batch of several jobs that raised is sampled again as two halves: out of memory, at
+        half the size; any other error, to corner the job that raises, so that it fails alone
+        and the others succeed. Not after a timeout, a lost job or a defunct runtime."""
+        if len(members) < 2 or isinstance(exc, JobTimeoutException):
+            return False
+        if self.runtime.state is not RuntimeState.READY or not all(
+            self.ownership.holds([m.job.id for m in members])
+        ):
+            return False
+        half = (len(members) + 1) // 2
+        log.warning(
+            "batch of %d jobs failed (%s: %s); sampling it again as %d + %d",
+            len(members),
+            type(exc).__name__,
+            exc,
+            half,
+            len(members) - half,
+        )
+        for part in (members[:half], members[half:]):
+            self._run(part, queue)
+        return True
+
+    def request_stop(self, signum: int, frame: FrameType | None) -> None:
+        """SIGTERM/SIGINT: rq's warm stop (the batch finishes, then the worker exits), bounded by
+        ``shutdown_grace_s``: past it the worker gives up its jobs (the batch stops at its next
+        step, records nothing) and hands them back to the queue as it exits (``workers.main``)."""
+        self.stop_signal_received = True
+        if self.get_state() == WorkerStatus.BUSY:
+            grace = threading.Timer(self.settings.shutdown_grace_s, self._grace_expired)
+            grace.daemon = True
+            grace.start()
+        super().request_stop(signum, frame)  # type: ignore[no-untyped-call]
+
+    def _grace_expired(self) -> None:
+        log.warning(
+            "the batch ran past the shutdown grace (%.0fs); handing its jobs back to the queue",
+            self.settings.shutdown_grace_s,
+        )
+        self.ownership.surrender()
+
     # -- heartbeats (called by the lease thread) ----------------------------------------------
     def heartbeat_running(self) -> None:
         """Keep rq's view of the running executions fresh while a long batch samples."""
@@ -314,6 +366,15 @@ class BatchingWorker(BaseWorker):
     def _set_running(self, members: list[Member]) -> None:
         with self._running_lock:
             self._running = members
+
+
+def _failure_code(exc: BaseException | None) -> str:
+    if isinstance(exc, JobTimeoutException):
+        return "timeout"
+    message = str(exc).lower()
+    if isinstance(exc, MemoryError) or "out of memory" in message or "can't allocate memory" in message:
+        return "out_of_memory"
+    return "generation_failed"
 
 
 def _member(job: Job) -> Member:

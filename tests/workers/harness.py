@@ -6,6 +6,7 @@ sizes and one or two steps per stage so a job takes a fraction of a second.
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -59,6 +60,8 @@ def settings_env(settings: Settings) -> dict[str, str]:
             continue
         if hasattr(value, "get_secret_value"):
             value = value.get_secret_value()
+        if isinstance(value, list | tuple):  # pydantic-settings reads complex values as JSON
+            value = json.dumps(list(value))
         env[f"UNCLIP_{name.upper()}"] = str(value)
     return env
 
