@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install run test lint bench validate-deploy clean
+.PHONY: install run test test-fast lint bench validate-deploy clean
 
 # torch/torchvision first and pinned: they install from this machine's disk; a looser
 # requirement would download a multi-GB CUDA build.
@@ -20,8 +20,14 @@ install: $(STAMP)
 run: $(STAMP)
 	$(BIN)/unclip serve
 
+# Every test, the `slow` ones included (model quality, worker and server processes, CLI runs);
+# CI runs this one.
 test: $(STAMP)
 	$(BIN)/pytest -q
+
+# The edit loop: everything but the tests marked `slow`.
+test-fast: $(STAMP)
+	$(BIN)/pytest -q -m "not slow"
 
 # The checks .ci/run and .pre-commit-config.yaml run too; mypy's files and flags are in pyproject.toml.
 lint: $(STAMP)
@@ -29,8 +35,11 @@ lint: $(STAMP)
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
 
+# Ours against diffusers' UnCLIPPipeline, interleaved in one process (docs/benchmark.md); diffusers
+# comes from the benchmark's own extra. BENCH_ARGS narrows a run, e.g. BENCH_ARGS="--batches 1 8".
 bench: $(STAMP)
-	$(BIN)/python -m bench.run
+	$(BIN)/pip install -q -e '.[bench]'
+	$(BIN)/python -m bench.compare $(BENCH_ARGS)
 
 # Checks that run without a Docker engine (tools: see deploy/README.md).
 validate-deploy: $(STAMP)
