@@ -29,6 +29,10 @@ SUBCOMMANDS: dict[str, Subcommand] = {
     "assemble": Subcommand(
         "models.training.cli", "combine stages trained in separate directories into one model directory"
     ),
+    "variations": Subcommand("models.image_ops_cli", "variations of an image (paper section 3.1)"),
+    "interpolate": Subcommand("models.image_ops_cli", "frames between two images or prompts (3.2)"),
+    "text-diff": Subcommand("models.image_ops_cli", "move an image along a caption difference (3.3)"),
+    "edit": Subcommand("models.image_ops_cli", "repaint the masked part of an image from a prompt"),
     "evaluate": Subcommand(
         "models.evaluation.cli", "prompt adherence, CLIP R-precision and CLIP-FID on the held-out prompts"
     ),

@@ -10,6 +10,7 @@ process count and announce a job's end.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import re
 import secrets
@@ -44,7 +45,7 @@ from contract.schemas import (
 from contract.settings import Settings
 from contract.signing import UrlSigner, load_signer
 from contract.storage import has_expired
-from contract.tasks import JOB_FUNC, GenerationTask
+from contract.tasks import JOB_FUNC, GenerationTask, TaskParams
 
 _RQ_TO_PUBLIC = {
     RqStatus.CREATED: JobStatus.QUEUED,
@@ -125,6 +126,14 @@ def public_status(job: Job) -> JobStatus:
 _SERVER_PATH = re.compile(r"(?<![\w.:/])/(?:[\w.@+-]+/)+[\w.@+-]*")
 
 
+def _fingerprint(request: TaskParams) -> str:
+    """A digest of the request as sent, for matching an ``Idempotency-Key`` replay."""
+    if isinstance(request, GenerateRequest):
+        return request.fingerprint()
+    canonical = json.dumps(request.model_dump(mode="json"), sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(canonical.encode()).hexdigest()
+
+
 # A quoted file name with a directory in it, as OS errors print them ("No such file or
 # directory: 'var/images/ab/gen_x/0.png'"): relative paths say as much as absolute ones.
 _QUOTED_PATH = re.compile(r"""(['"])[^'"\s]*[/\\][^'"]*\1""")
@@ -176,15 +185,25 @@ class JobStore:
         return self._signer
 
     # -- submit -------------------------------------------------------------------------------
-    def submit_request(self, request: GenerateRequest, idempotency_key: str | None = None) -> Submission:
+    def submit_request(
+        self,
+        request: TaskParams,
+        idempotency_key: str | None = None,
+        *,
+        fingerprint: str | None = None,
+        before_enqueue: Callable[[str], None] | None = None,
+    ) -> Submission:
         """Enqueue ``request`` (a random seed filled in when absent), honouring an idempotency key.
 
         The key is bound with ``SET NX`` before the enqueue, so of two concurrent submits with
         one key only one enqueues; a key whose job is missing is released again on failure.
-        The job belongs to this store's ``owner``, and idempotency keys are scoped to it.
+        ``fingerprint`` (default: the request's own) decides whether a replay matches; an image job
+        includes its uploads. ``before_enqueue(job_id)`` runs just before the enqueue (the API
+        stores a job's uploads there), never for a replay. The job belongs to this store's
+        ``owner``, and idempotency keys are scoped to it.
         """
         owner = self.owner
-        fingerprint = request.fingerprint()
+        fingerprint = fingerprint or _fingerprint(request)
         if idempotency_key is not None:
             existing = self.find_idempotent(idempotency_key, owner)
             if existing is not None:
@@ -201,6 +220,8 @@ class JobStore:
             if existing is not None:
                 return self._replay(existing, fingerprint, owner)
         try:
+            if before_enqueue is not None:
+                before_enqueue(job_id)
             return Submission(self.submit(request, job_id), replayed=False)
         except BaseException:
             if idempotency_key is not None:
@@ -215,7 +236,7 @@ class JobStore:
             raise IdempotencyKeyInFlight
         return Submission(job, replayed=True)
 
-    def submit(self, request: GenerateRequest, job_id: str) -> Job:
+    def submit(self, request: TaskParams, job_id: str) -> Job:
         """Enqueue ``request`` (whose seed is set) as job ``job_id`` of this store's owner, if the
         queue and the owner's limits have room (``contract.admission``: checked and pushed in one
         Lua script); else :class:`QueueFull` or :class:`~contract.admission.Refused`."""
@@ -227,7 +248,7 @@ class JobStore:
             timeout=self.settings.job_timeout_s,
             result_ttl=self.settings.record_ttl_s,
             failure_ttl=self.settings.record_ttl_s,
-            description=f"generate(n={request.n}, size={request.size})",
+            description=f"{task.kind.value}(images={task.images}, size={request.size})",
             meta={"created_at": time.time(), "attempts": 0, "owner": self.owner},
         )
         job.origin = self.queue.name
@@ -238,7 +259,7 @@ class JobStore:
             pipe.execute()
         try:
             self.admission.admit(
-                self._slot(job), job.id, self.settings.max_queue_depth, task.request.n, self.limits
+                self._slot(job), job.id, self.settings.max_queue_depth, task.images, self.limits
             )
         except Refused as refusal:
             if refusal.code == "queue_full":
@@ -321,7 +342,13 @@ class JobStore:
             id=job.id,
             status=status,
             created_at=float(meta.get("created_at") or _timestamp(job.created_at) or 0.0),
-            params=JobParams(**request.model_dump(mode="json")),
+            kind=GenerationTask(request).kind,
+            params=JobParams(**request.model_dump(mode="json"))
+            if isinstance(request, GenerateRequest)
+            else request,
+            animation=f"{base_url.rstrip('/')}/jobs/{job.id}/animation.{meta['animation']}"
+            if images and meta.get("animation")
+            else None,
             queue_position=position + 1 if position is not None else None,
             progress=Progress(**meta["progress"])
             if meta.get("progress") and status is JobStatus.RUNNING

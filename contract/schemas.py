@@ -11,17 +11,16 @@ from __future__ import annotations
 import hashlib
 import json
 from enum import StrEnum
-from typing import Annotated, Literal, get_args
+from typing import Literal
 
-from pydantic import AnyHttpUrl, BaseModel, ConfigDict, Field, UrlConstraints, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-MAX_SEED = 2**31 - 1
-DIFFUSION_STAGES = ("prior", "decoder", "sr256", "sr1024")
-# The one list of output sizes the service offers (the models' chain makes any side up to its
-# last upsampler's: models.pipeline.stages_for_size).
-SizeName = Literal["64x64", "256x256", "512x512", "1024x1024"]
-SIZES: dict[str, int] = {name: int(name.split("x")[0]) for name in get_args(SizeName)}
-WebhookUrl = Annotated[AnyHttpUrl, UrlConstraints(max_length=2048, allowed_schemes=["http", "https"])]
+from contract.fields import DIFFUSION_STAGES as DIFFUSION_STAGES
+from contract.fields import MAX_SEED as MAX_SEED
+from contract.fields import SIZES as SIZES
+from contract.fields import SizeName as SizeName
+from contract.fields import WebhookUrl as WebhookUrl
+from contract.image_jobs import ImageJobKinds, JobKind
 
 
 class JobStatus(StrEnum):
@@ -124,6 +123,7 @@ class JobParams(BaseModel):
     """The request as accepted, with the seed filled in (``steps``/``guidance``: the overrides;
     the settings actually sampled are in ``JobStatusResponse.sampling`` once a worker starts it)."""
 
+    kind: Literal["generate"] = "generate"
     prompt: str
     n: int
     size: SizeName
@@ -155,9 +155,10 @@ class JobPublic(BaseModel):
 
     id: str
     object: Literal["generation.job"] = "generation.job"
+    kind: JobKind = Field(default=JobKind.GENERATE, description="what the job makes")
     status: JobStatus
     created_at: float = Field(description="unix seconds")
-    params: JobParams
+    params: JobParams | ImageJobKinds = Field(discriminator="kind")
     queue_position: int | None = Field(default=None, description="1 = next to start; while queued")
 
 
@@ -168,6 +169,7 @@ class JobStatusResponse(JobPublic):
     sampling: dict[str, StageParams] | None = Field(default=None, description="as sampled, per stage")
     timings: dict[str, float] = Field(default_factory=dict, description="seconds per stage of the batch")
     images: list[ImageLink] = Field(default_factory=list)
+    animation: str | None = Field(default=None, description="an interpolation's frames as one GIF/WebP")
     error: JobErrorInfo | None = None
     cancel_requested: bool = False
     started_at: float | None = None

@@ -25,6 +25,9 @@ if TYPE_CHECKING:
 
 _JOB_ID = re.compile(r"^[A-Za-z0-9_-]{1,128}$")
 _EXPIRY_FILE = "expires.json"
+# Named files: a job's inputs ("input-image.png") and outputs other than its numbered images.
+_FILE_NAME = re.compile(r"^[a-z][a-z0-9_-]{0,40}\.(png|gif|webp)$")
+_IMAGE_NAME = re.compile(r"^[0-9]+\.png$")
 _ORPHAN_AGE_S = 3600.0
 
 
@@ -44,9 +47,16 @@ def encode_png(image: np.ndarray) -> bytes:
 
 
 class ImageStorage(Protocol):
-    """What the workers write to and the API reads from."""
+    """What the workers write to and the API reads from: a job's images, plus named files
+    (its uploaded inputs, written by the API; an interpolation's animation)."""
 
     def put(self, job_id: str, index: int, png: bytes, expires_at: float) -> None: ...
+
+    def put_file(self, job_id: str, name: str, data: bytes, expires_at: float) -> None: ...
+
+    def file(self, job_id: str, name: str, expires_at: float | None = None) -> Path | None:
+        """The named file, or None when it is missing or expired."""
+        ...
 
     def path(self, job_id: str, index: int, expires_at: float | None = None) -> Path | None:
         """The stored PNG, or None when it is missing or expired: by ``expires_at`` (the job
@@ -79,16 +89,34 @@ class LocalImageStorage:
         _atomic_write(directory / _EXPIRY_FILE, json.dumps({"expires_at": expires_at}).encode())
         _atomic_write(directory / f"{index}.png", png)
 
+    def put_file(self, job_id: str, name: str, data: bytes, expires_at: float) -> None:
+        if not _FILE_NAME.match(name) or _IMAGE_NAME.match(name):
+            raise ValueError(f"invalid file name {name!r}")
+        directory = self._job_dir(job_id)
+        directory.mkdir(parents=True, exist_ok=True)
+        _atomic_write(directory / _EXPIRY_FILE, json.dumps({"expires_at": expires_at}).encode())
+        _atomic_write(directory / name, data)
+
+    def file(self, job_id: str, name: str, expires_at: float | None = None) -> Path | None:
+        if not _FILE_NAME.match(name):
+            return None
+        return self._existing(job_id, name, expires_at)
+
     def path(self, job_id: str, index: int, expires_at: float | None = None) -> Path | None:
+        if index < 0:
+            return None
+        return self._existing(job_id, f"{index}.png", expires_at)
+
+    def _existing(self, job_id: str, name: str, expires_at: float | None) -> Path | None:
         try:
             directory = self._job_dir(job_id)
         except ValueError:
             return None
         if expires_at is None:
             expires_at = _read_expiry(directory)
-        if index < 0 or expires_at is None or has_expired(expires_at):
+        if expires_at is None or has_expired(expires_at):
             return None
-        file = directory / f"{index}.png"
+        file = directory / name
         return file if file.is_file() else None
 
     def delete(self, job_id: str) -> None:

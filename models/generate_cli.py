@@ -11,6 +11,7 @@ from PIL import Image
 
 from models.configs import STAGES
 from models.pipeline import DTYPES, GenerationRequest, UnclipPipeline, load_pipeline, stages_for_size
+from models.progress_bars import StageBars
 from models.sampling_args import add_sampling_arguments, sampling_from_args
 
 
@@ -59,20 +60,20 @@ def run(args: argparse.Namespace) -> int:
         raise SystemExit(f"unclip generate: {error}") from None
     sampling = sampling_from_args(args, pipeline.config.sampling)
     args.out.mkdir(parents=True, exist_ok=True)
-    totals = {stage: 0.0 for stage in STAGES}
+    totals: dict[str, float] = {stage: 0.0 for stage in STAGES}
     for first in range(0, len(prompts), args.batch_size):
         batch = prompts[first : first + args.batch_size]
         requests = [GenerationRequest(p, n=args.n, seed=args.seed + first + k) for k, p in enumerate(batch)]
-        output = pipeline.generate(requests, args.size, sampling, progress=_print_progress)
+        batch_label = f"batch {first // args.batch_size + 1}/{-(-len(prompts) // args.batch_size)} "
+        with StageBars(prefix=batch_label) as bars:
+            output = pipeline.generate(requests, args.size, sampling, progress=bars)
         for k, images in enumerate(output.images):
             assert images is not None
             for j, image in enumerate(images):
                 Image.fromarray(image).save(args.out / f"{first + k:04d}_{j}.png")
         for stage, seconds in output.timings.items():
             totals[stage] += seconds
-        print(
-            f"\rbatch {first // args.batch_size + 1}: {len(batch)} prompt(s) done" + " " * 30, file=sys.stderr
-        )
+        print(f"batch {first // args.batch_size + 1}: {len(batch)} prompt(s) done", file=sys.stderr)
     images = len(prompts) * args.n
     print(
         json.dumps({"images": images, "size": args.size, "out": str(args.out), "seconds": _rounded(totals)})
@@ -85,7 +86,3 @@ def run(args: argparse.Namespace) -> int:
 
 def _rounded(totals: dict[str, float]) -> dict[str, float]:
     return {stage: round(seconds, 4) for stage, seconds in totals.items() if seconds}
-
-
-def _print_progress(stage: str, step: int, total: int) -> None:
-    print(f"\r{stage:>8} step {step}/{total}", end="", file=sys.stderr, flush=True)

@@ -24,8 +24,11 @@ from models.checkpoints import load_into, load_stage_state, read_manifest
 from models.clip import FrozenClip, TextEncoding
 from models.configs import STAGES, ModelConfig, SamplingConfig, StageName, StageSampling, get_config
 from models.diffusion import ClassifierFreeGuidance, RowNoise, sample
+from models.diffusion.editing import ddim_invert, masked_step, repaint_sample_loop
+from models.diffusion.samplers import SAMPLERS, initial_noise
 from models.execution import ExecutionConfig, NetworkCall, chunks, network_call, prepare_network
 from models.factory import create_stage_diffusion, create_stage_module
+from models.prior import prior_embedding_scale
 
 DEFAULT_WEIGHTS_DIR = Path(__file__).parent / "default_weights"
 # Output side of each image stage of the chain (Ramesh et al. 2022: 64² decoder, two upsamplers).
@@ -38,10 +41,43 @@ CancelCheck = Callable[[], Collection[int]]
 
 
 @dataclass(frozen=True)
+class Edit:
+    """What an edit keeps: the source image and where to repaint (Lugmayr et al. 2022).
+
+    ``image`` [3 x S x S] in [-1, 1]; ``mask`` [S x S] bool, True where the prompt's content is
+    drawn; ``resample``: RePaint passes per decoder step (the upsamplers paste without resampling).
+    """
+
+    image: torch.Tensor
+    mask: torch.Tensor
+    resample: int = 3
+
+
+@dataclass(frozen=True)
 class GenerationRequest:
+    """One request of a batch: ``n`` images of ``prompt`` from ``seed``.
+
+    The image operations (Ramesh et al. 2022, §3) add to that: ``image_embed`` [D] (unit norm) is
+    decoded instead of the prior's sample; ``decoder_start`` [3 x 64 x 64] is the decoder's x_T for
+    every image of the request (an inverted latent) instead of noise; ``edit`` keeps the source
+    outside a mask. An empty ``prompt`` means no caption: the decoder sees the embedding alone.
+    """
+
     prompt: str
     n: int = 1
     seed: int = 0
+    image_embed: torch.Tensor | None = field(default=None, compare=False)
+    decoder_start: torch.Tensor | None = field(default=None, compare=False)
+    edit: Edit | None = field(default=None, compare=False)
+
+
+@dataclass(frozen=True)
+class Masked:
+    """A stage's masked sampling: ``known`` [N x 3 x H x W], ``mask`` [N x 1 x H x W] (1 = repaint)."""
+
+    known: torch.Tensor
+    mask: torch.Tensor
+    resample: int = 1
 
 
 @dataclass
@@ -110,14 +146,49 @@ def denoise(
     clip_denoised: bool,
     device: torch.device,
     progress: Callable[[int, int], None] | None = None,
+    starts: Sequence[torch.Tensor | None] | None = None,
+    masked: Masked | None = None,
 ) -> torch.Tensor:
-    """Sample one stage: respace its schedule, wrap guidance, run the chosen sampler."""
+    """Sample one stage: respace its schedule, wrap guidance, run the chosen sampler.
+
+    ``starts`` gives some rows their own x_T (others draw it from their seed); ``masked`` keeps
+    the known image outside the mask (RePaint, :func:`repaint_sample_loop`).
+    """
     diffusion = create_stage_diffusion(stage, config, steps=settings.steps)
-    if uncond is not None and settings.guidance != 1.0:
-        model = ClassifierFreeGuidance(model, settings.guidance, cond, uncond, guided_channels)
-        kwargs: dict[str, Any] = {}
-    else:
-        kwargs = cond
+    model, kwargs = guided(model, settings, cond, uncond, guided_channels)
+    if starts is not None or masked is not None:
+        noise = RowNoise(seeds)
+        x = initial_noise(tuple(shape), noise, device)  # x_T [N x ...]
+        if starts is not None:
+            given = [k for k, start in enumerate(starts) if start is not None]
+            if given:
+                x[given] = torch.stack([starts[k] for k in given]).to(x)  # type: ignore[misc]
+        if masked is not None:
+            step = masked_step(settings.sampler, diffusion, noise, settings.eta)
+            return repaint_sample_loop(
+                model,
+                x,
+                diffusion,
+                step,
+                known=masked.known,
+                mask=masked.mask,
+                noise=noise,
+                resample=masked.resample,
+                model_kwargs=kwargs,
+                callback=progress,
+                clip_denoised=clip_denoised,
+            )
+        eta: dict[str, Any] = {"eta": settings.eta} if settings.sampler == "ddim" else {}
+        return SAMPLERS[settings.sampler](
+            model,
+            x,
+            diffusion,
+            model_kwargs=kwargs,
+            callback=progress,
+            noise=noise,
+            clip_denoised=clip_denoised,
+            **eta,
+        )
     return sample(
         settings.sampler,
         model,
@@ -130,6 +201,20 @@ def denoise(
         eta=settings.eta,
         device=device,
     )
+
+
+def guided(
+    model: Callable[..., torch.Tensor],
+    settings: StageSampling,
+    cond: dict[str, Any],
+    uncond: dict[str, Any] | None,
+    guided_channels: int | None,
+) -> tuple[Callable[..., torch.Tensor], dict[str, Any]]:
+    """The model and kwargs to sample with: wrapped in classifier-free guidance when the stage has
+    an unconditional branch and a scale other than 1."""
+    if uncond is not None and settings.guidance != 1.0:
+        return ClassifierFreeGuidance(model, settings.guidance, cond, uncond, guided_channels), {}
+    return model, cond
 
 
 class UnclipPipeline:
@@ -152,7 +237,9 @@ class UnclipPipeline:
         for module in modules.values():
             module.to(self.device).eval().requires_grad_(False)
         self.clip = FrozenClip(modules["clip"]).to(self.device)
-        self.networks = {s: modules[s].to(self.dtype) for s in STAGES if s != "clip"}
+        self.networks: dict[StageName, nn.Module] = {
+            s: modules[s].to(self.dtype) for s in STAGES if s != "clip"
+        }
         # The fast path (models.execution): what the samplers call for each stage, while
         # ``networks`` stay the plain modules (training, probes and evaluation read them).
         self.execution = execution or ExecutionConfig()
@@ -230,6 +317,7 @@ class UnclipPipeline:
         """
         sampling = sampling or self.config.sampling
         chain = stages_for_size(size)
+        image_embeds = self._request_embeds(requests, image_embeds)
         if image_embeds is not None:
             if tuple(image_embeds.shape) != (len(requests), self.config.prior.embed_dim):
                 raise ValueError(
@@ -278,9 +366,12 @@ class UnclipPipeline:
                 if stage == "prior":
                     image_embed = self._sample_prior(requests, rows, row_text, settings, hook(stage))
                 elif stage == "decoder":
-                    x = self._sample_decoder(image_embed, row_text, seeds, settings, hook(stage))
+                    x = self._sample_decoder(
+                        image_embed, row_text, seeds, settings, hook(stage), requests=requests, rows=rows
+                    )
                 else:
-                    x = self._sample_upsampler(stage, x, seeds, settings, hook(stage))
+                    masked = self._masked(stage, requests, rows, resample=1)
+                    x = self._sample_upsampler(stage, x, seeds, settings, hook(stage), masked)
                 timings[stage] = self._stop_timer(start)
         except _AllCanceled:
             return GenerationOutput(images=[None] * len(requests), timings=timings)
@@ -288,6 +379,8 @@ class UnclipPipeline:
         rows, keep = self._drop_canceled(rows, dropped)
         if x is not None and keep is not None:
             x = x[keep]
+        if x is not None and rows and requests[rows[0][0]].edit is not None:
+            x = self._paste_known(x, requests, rows, size)
         return GenerationOutput(images=self._collect(requests, rows, x, size), timings=timings)
 
     # -- stages -------------------------------------------------------------------------------
@@ -300,7 +393,6 @@ class UnclipPipeline:
         progress: Callable[[int, int], None],
     ) -> torch.Tensor:
         """Draw ``candidates`` embeddings per image; keep the one closest to the text (paper §2.2)."""
-        prior = self.networks["prior"]
         k = self.config.prior.candidates
         cand_text = text.repeat_interleave(k)  # [R*k rows]
         seeds = [row_seed(requests[i].seed, j, "prior", c) for i, j in rows for c in range(k)]
@@ -325,10 +417,29 @@ class UnclipPipeline:
             device=self.device,
             progress=progress,
         )
-        embeds = F.normalize(x0 / prior.embedding_scale, dim=-1).view(len(rows), k, -1)  # [R x k x D]
+        embeds = F.normalize(x0 / prior_embedding_scale(self.config.prior), dim=-1).view(
+            len(rows), k, -1
+        )  # [R x k x D]
         scores = (embeds * text.embedding.float()[:, None, :]).sum(-1)  # [R x k]
         best = scores.argmax(dim=1)
         return embeds[torch.arange(len(rows), device=self.device), best]  # [R x D]
+
+    def _decoder_conditions(
+        self, image_embed: torch.Tensor, text: TextEncoding, captioned: Sequence[bool]
+    ) -> tuple[dict[str, Any], dict[str, Any]]:
+        """(cond, uncond) kwargs of the decoder for rows [R]; rows without a caption drop the text
+        in both halves (decoded from the image embedding alone, as the paper's variations)."""
+        n = len(captioned)
+        yes = torch.ones(n, dtype=torch.bool, device=self.device)
+        cond = {
+            "clip_embed": image_embed,
+            "text_tokens": text.tokens,
+            "text_mask": text.mask,
+            "drop_clip": ~yes,
+            "drop_text": ~torch.tensor(list(captioned), dtype=torch.bool, device=self.device),
+        }
+        # The unconditional half drops both the CLIP embedding and the caption.
+        return cond, {**cond, "drop_clip": yes, "drop_text": yes}
 
     def _sample_decoder(
         self,
@@ -337,21 +448,18 @@ class UnclipPipeline:
         seeds: list[int],
         settings: StageSampling,
         progress: Callable[[int, int], None],
+        *,
+        requests: Sequence[GenerationRequest] | None = None,
+        rows: list[tuple[int, int]] | None = None,
     ) -> torch.Tensor:
         assert image_embed is not None
         n = len(seeds)
         side = self.config.decoder.unet.image_size
-        no = torch.zeros(n, dtype=torch.bool, device=self.device)
-        yes = torch.ones(n, dtype=torch.bool, device=self.device)
-        cond = {
-            "clip_embed": image_embed,
-            "text_tokens": text.tokens,
-            "text_mask": text.mask,
-            "drop_clip": no,
-            "drop_text": no,
-        }
-        # The unconditional half drops both the CLIP embedding and the caption.
-        uncond = {**cond, "drop_clip": yes, "drop_text": yes}
+        row_requests = [requests[i] for i, _ in rows] if requests is not None and rows is not None else []
+        captioned = [bool(r.prompt) for r in row_requests] or [True] * n
+        cond, uncond = self._decoder_conditions(image_embed, text, captioned)
+        starts = [r.decoder_start for r in row_requests] or None
+        masked = self._masked("decoder", requests, rows) if requests is not None and rows else None
         return denoise(
             "decoder",
             self.config,
@@ -365,6 +473,8 @@ class UnclipPipeline:
             clip_denoised=True,
             device=self.device,
             progress=progress,
+            starts=starts if starts is not None and any(s is not None for s in starts) else None,
+            masked=masked,
         )
 
     def _sample_upsampler(
@@ -374,6 +484,7 @@ class UnclipPipeline:
         seeds: list[int],
         settings: StageSampling,
         progress: Callable[[int, int], None],
+        masked: Masked | None = None,
     ) -> torch.Tensor:
         assert low_res is not None
         side = getattr(self.config, stage).unet.image_size
@@ -391,6 +502,7 @@ class UnclipPipeline:
                 clip_denoised=True,
                 device=self.device,
                 progress=_part_progress(progress, part, len(parts)),
+                masked=_masked_rows(masked, rows),
             )  # [n x 3 x side x side]
             for part, rows in enumerate(parts)
         ]
@@ -399,6 +511,96 @@ class UnclipPipeline:
     def network_call(self, stage: StageName) -> NetworkCall:
         """``stage``'s network as the samplers call it, under the pipeline's execution config."""
         return network_call(stage, self._calls[stage], self.dtype, self.execution, self.device)
+
+    # -- image operations (Ramesh et al. 2022, §3) --------------------------------------------
+    @torch.no_grad()
+    def encode_images(self, images: torch.Tensor) -> torch.Tensor:
+        """CLIP image embeddings z_i [N x D] (unit norm) of images [N x 3 x H x W] in [-1, 1]."""
+        return self.clip.encode_image(images.to(self.device)).float()
+
+    @torch.no_grad()
+    def embed_prompts(
+        self, prompts: Sequence[str], seed: int, sampling: SamplingConfig | None = None
+    ) -> torch.Tensor:
+        """The prior's image embedding [N x D] for each prompt (prompt k from ``seed`` + k), as
+        :meth:`generate` would draw for its first image."""
+        sampling = sampling or self.config.sampling
+        requests = [GenerationRequest(p, 1, seed + k) for k, p in enumerate(prompts)]
+        text = self.encode_text(list(prompts)).to(self.device)
+        rows = [(k, 0) for k in range(len(requests))]
+        return self._sample_prior(requests, rows, text, sampling.prior, lambda step, total: None)
+
+    @torch.no_grad()
+    def invert_decoder(
+        self,
+        images: torch.Tensor,
+        image_embeds: torch.Tensor,
+        settings: StageSampling,
+        progress: Callable[[int, int], None] | None = None,
+    ) -> torch.Tensor:
+        """DDIM-invert the decoder (§3.1): the latent x_T [N x 3 x 64 x 64] from which DDIM (η = 0)
+        with the same settings decodes ``images`` back, conditioned on ``image_embeds`` alone.
+
+        :param images: [N x 3 x H x W] in [-1, 1], resized (antialiased) to the decoder's side.
+        :param image_embeds: [N x D] unit norm (usually the images' own CLIP embeddings).
+        """
+        side = self.config.decoder.unet.image_size
+        x0 = _resize(images.to(self.device).float(), side).clamp(-1, 1)  # [N x 3 x s x s]
+        n = x0.shape[0]
+        text = self.encode_text([""] * n).to(self.device)
+        cond, uncond = self._decoder_conditions(image_embeds.to(self.device).float(), text, [False] * n)
+        model, kwargs = guided(self.network_call("decoder"), settings, cond, uncond, guided_channels=3)
+        diffusion = create_stage_diffusion("decoder", self.config, steps=settings.steps)
+        return ddim_invert(model, x0, diffusion, model_kwargs=kwargs, callback=progress)
+
+    def _request_embeds(
+        self, requests: Sequence[GenerationRequest], image_embeds: torch.Tensor | None
+    ) -> torch.Tensor | None:
+        """The batch's image embeddings [len(requests) x D]: given, from the requests, or None
+        (the prior samples them). Requests either all carry one or none do."""
+        carried = [r.image_embed for r in requests]
+        if all(e is None for e in carried):
+            return image_embeds
+        if image_embeds is not None or any(e is None for e in carried):
+            raise ValueError("either every request of a batch carries an image embedding or none does")
+        return torch.stack([e.float().reshape(-1) for e in carried if e is not None])
+
+    def _masked(
+        self,
+        stage: StageName,
+        requests: Sequence[GenerationRequest] | None,
+        rows: list[tuple[int, int]] | None,
+        resample: int | None = None,
+    ) -> Masked | None:
+        """The known images and masks of an edit batch at ``stage``'s side, or None (no edits)."""
+        if not requests or not rows:
+            return None
+        edits = [requests[i].edit for i, _ in rows]
+        if all(e is None for e in edits):
+            return None
+        if any(e is None for e in edits):
+            raise ValueError("either every request of a batch is an edit or none is")
+        side = getattr(self.config, stage).unet.image_size
+        known = torch.stack([_resize(e.image[None].float(), side)[0] for e in edits if e is not None])
+        mask = torch.stack(
+            [_resize(e.mask[None, None].float(), side)[0] for e in edits if e is not None]
+        )  # [R x 1 x s x s]
+        # A pixel partly inside the painted region is repainted: the seam falls outside it.
+        mask = (mask > 1e-3).float()
+        passes = resample if resample is not None else max(e.resample for e in edits if e is not None)
+        return Masked(known.to(self.device), mask.to(self.device), passes)
+
+    def _paste_known(
+        self, x: torch.Tensor, requests: Sequence[GenerationRequest], rows: list[tuple[int, int]], size: int
+    ) -> torch.Tensor:
+        """Edits keep the source exactly outside the mask, at the output size [R x 3 x size x size]."""
+        x = _resize(x.float(), size)
+        known = torch.stack([_resize(requests[i].edit.image[None].float(), size)[0] for i, _ in rows])  # type: ignore[union-attr]
+        mask = torch.stack(
+            [_resize(requests[i].edit.mask[None, None].float(), size)[0] for i, _ in rows]  # type: ignore[union-attr]
+        )
+        mask = (mask > 1e-3).float().to(x.device)
+        return mask * x + (1 - mask) * known.to(x.device)
 
     # -- helpers ------------------------------------------------------------------------------
     @staticmethod
@@ -440,6 +642,13 @@ class UnclipPipeline:
         return time.perf_counter() - start
 
 
+def _resize(x: torch.Tensor, side: int) -> torch.Tensor:
+    """[N x C x H x W] → [N x C x side x side] (antialiased bilinear; unchanged when equal)."""
+    if x.shape[-1] == side and x.shape[-2] == side:
+        return x
+    return F.interpolate(x, size=(side, side), mode="bilinear", antialias=True, align_corners=False)
+
+
 def _part_progress(progress: Callable[[int, int], None], part: int, parts: int) -> Callable[[int, int], None]:
     """A stage's step hook for micro-batch ``part`` of ``parts``: steps counted over all parts."""
     if parts == 1:
@@ -449,6 +658,13 @@ def _part_progress(progress: Callable[[int, int], None], part: int, parts: int) 
         progress(part * total + step, parts * total)
 
     return on_step
+
+
+def _masked_rows(masked: Masked | None, rows: range) -> Masked | None:
+    """The rows ``rows`` of a masked (edit) batch."""
+    if masked is None:
+        return None
+    return Masked(masked.known[rows.start : rows.stop], masked.mask[rows.start : rows.stop], masked.resample)
 
 
 def load_pipeline(

@@ -23,7 +23,7 @@ from service.auth import authenticate
 from service.errors import install_error_handlers
 from service.middleware import BodyLimitMiddleware, RequestMetricsMiddleware
 from service.rate_limits import RateLimitHeadersMiddleware, request_limiter
-from service.routes import generations, health
+from service.routes import generations, health, images
 
 log = logging.getLogger("unclip.api")
 
@@ -75,10 +75,15 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.dependency_overrides[get_settings] = lambda: settings
     app.state.settings = settings
     app.state.metrics = ApiMetrics.create()
-    app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
+    app.add_middleware(
+        BodyLimitMiddleware,
+        max_bytes=settings.max_body_bytes,
+        multipart_max_bytes=settings.max_multipart_bytes,
+    )
     app.add_middleware(RateLimitHeadersMiddleware)
     app.add_middleware(RequestMetricsMiddleware, metrics=app.state.metrics)
     install_error_handlers(app)
     app.include_router(generations.router, dependencies=AUTHENTICATED)
+    app.include_router(images.router, dependencies=AUTHENTICATED)
     app.include_router(health.router)
     return app

@@ -21,17 +21,20 @@ class BodyLimitMiddleware:
     the streamed body passes the limit (raised as an ``HTTPException``, which FastAPI hands to
     the error handlers, so the answer keeps the one error shape)."""
 
-    def __init__(self, app: ASGIApp, max_bytes: int):
+    def __init__(self, app: ASGIApp, max_bytes: int, multipart_max_bytes: int | None = None):
         self.app = app
         self.max_bytes = max_bytes
+        # Uploads (multipart bodies) get their own, larger limit; everything else stays small.
+        self.multipart_max_bytes = multipart_max_bytes or max_bytes
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
+        limit = self.multipart_max_bytes if _is_multipart(scope) else self.max_bytes
         declared = _content_length(scope)
-        if declared is not None and declared > self.max_bytes:
-            await self._refuse(send)
+        if declared is not None and declared > limit:
+            await self._refuse(send, limit)
             return
         received = 0
 
@@ -40,20 +43,30 @@ class BodyLimitMiddleware:
             message = await receive()
             if message["type"] == "http.request":
                 received += len(message.get("body", b""))
-                if received > self.max_bytes:
-                    raise HTTPException(413, self._message())
+                if received > limit:
+                    raise HTTPException(413, self._message(limit))
             return message
 
         await self.app(scope, limited_receive, send)
 
-    def _message(self) -> str:
-        return f"request body is larger than {self.max_bytes} bytes"
+    @staticmethod
+    def _message(limit: int) -> str:
+        return f"request body is larger than {limit} bytes"
 
-    async def _refuse(self, send: Send) -> None:
-        body = json.dumps({"error": {"code": "request_too_large", "message": self._message(), "param": None}})
+    async def _refuse(self, send: Send, limit: int) -> None:
+        body = json.dumps(
+            {"error": {"code": "request_too_large", "message": self._message(limit), "param": None}}
+        )
         headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
         await send({"type": "http.response.start", "status": 413, "headers": headers})
         await send({"type": "http.response.body", "body": body.encode()})
+
+
+def _is_multipart(scope: Scope) -> bool:
+    return any(
+        name == b"content-type" and value.lower().startswith(b"multipart/form-data")
+        for name, value in scope.get("headers", [])
+    )
 
 
 def _content_length(scope: Scope) -> int | None:

@@ -21,6 +21,7 @@ class BatchKey:
 
     size: int
     sampling: SamplingConfig
+    kind: str = "generate"  # a batch holds one job kind (text, variations, edits, ...)
 
 
 @dataclass(frozen=True)

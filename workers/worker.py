@@ -49,8 +49,10 @@ from contract.schemas import JobStatus
 from contract.settings import Settings
 from contract.storage import ImageStorage, encode_png
 from contract.tasks import GenerationTask
+from models.configs import SamplingConfig
 from models.pipeline import GenerationRequest, stages_for_size
 from workers.batching import Batch, BatchKey, BatchLimits, Candidate
+from workers.job_requests import JobRequests, job_requests
 from workers.leases import Ownership
 from workers.progress import CancelWatch, ProgressWriter
 from workers.runtime import Runtime, RuntimeState
@@ -70,6 +72,11 @@ class Member:
     job: Job
     task: GenerationTask | None  # None when the payload cannot be read (the job fails)
     execution: Execution | None = None
+    prepared: JobRequests | None = None  # the pipeline requests it samples, once prepared
+
+    @property
+    def requests(self) -> list[GenerationRequest]:
+        return self.prepared.requests if self.prepared is not None else []
 
 
 class BatchingWorker(BaseWorker):
@@ -152,8 +159,8 @@ class BatchingWorker(BaseWorker):
         return candidates
 
     def _candidate(self, task: GenerationTask, job_id: str) -> Candidate:
-        key = BatchKey(task.size, sampling_for(task, self.runtime.default_sampling))
-        return Candidate(job_id, key, task.request.n)
+        key = BatchKey(task.size, sampling_for(task, self.runtime.default_sampling), task.kind.value)
+        return Candidate(job_id, key, task.images)
 
     # -- 2. start -----------------------------------------------------------------------------
     def _start(self, members: list[Member], queue: Queue) -> list[Member]:
@@ -181,7 +188,7 @@ class BatchingWorker(BaseWorker):
         if not members:
             return
         batch_id = uuid.uuid4().hex[:12]
-        images = sum(m.task.request.n for m in members if m.task is not None)
+        images = sum(m.task.images for m in members if m.task is not None)
         now = time.time()
         with self.connection.pipeline(transaction=False) as pipe:
             for member in members:
@@ -200,16 +207,29 @@ class BatchingWorker(BaseWorker):
 
     # -- 3. sample ----------------------------------------------------------------------------
     def _run(self, members: list[Member], queue: Queue) -> None:
-        tasks = [m.task for m in members if m.task is not None]
-        size, sampling = tasks[0].size, sampling_for(tasks[0], self.runtime.default_sampling)
-        requests = [GenerationRequest(t.request.prompt, t.request.n, t.seed) for t in tasks]
+        assert members[0].task is not None
+        size, sampling = members[0].task.size, sampling_for(members[0].task, self.runtime.default_sampling)
         plan: dict[str, int] = {s: sampling.for_stage(s).steps for s in stages_for_size(size)}
         progress = ProgressWriter(self.connection, [m.job for m in members], plan)
+        members = self._prepare(members, queue, sampling, progress)
+        if not members:
+            return
+        progress.jobs = [m.job for m in members]
+        requests = [r for m in members for r in m.requests]
         canceled = CancelWatch(self.connection, self.store.keys, self.ownership, [m.job.id for m in members])
+        # The pipeline drops requests; a member (one job) may have several.
+        owner = [k for k, m in enumerate(members) for _ in m.requests]
+
+        def canceled_requests() -> set[int]:
+            jobs = canceled()
+            return {r for r, k in enumerate(owner) if k in jobs}
+
         timeout = max(m.job.timeout or self.settings.job_timeout_s for m in members)
         try:
             with self.death_penalty_class(timeout, JobTimeoutException, job_id=members[0].job.id):
-                output = self.runtime.generate(requests, size, sampling, progress=progress, canceled=canceled)
+                output = self.runtime.generate(
+                    requests, size, sampling, progress=progress, canceled=canceled_requests
+                )
         except Exception:
             exc_info = sys.exc_info()
             if self._retry_apart(members, queue, exc_info[1]):
@@ -224,7 +244,36 @@ class BatchingWorker(BaseWorker):
         if self.metrics is not None:
             self.metrics.batch_size.observe(sum(r.n for r in requests))
         canceled.refresh()
-        self._finish(members, queue, output.images, output.timings, canceled)
+        images: list[np.ndarray | None] = []
+        first = 0
+        for member in members:  # each member's requests are consecutive in the batch
+            outputs = output.images[first : first + len(member.requests)]
+            first += len(member.requests)
+            images.append(member.prepared.images(outputs) if member.prepared is not None else None)
+        self._finish(members, queue, images, output.timings, canceled)
+
+    def _prepare(
+        self, members: list[Member], queue: Queue, sampling: SamplingConfig, progress: ProgressWriter
+    ) -> list[Member]:
+        """Each member's requests (reading its uploads, encoding and inverting its images); a
+        member whose inputs fail fails alone. Returns the members that go on."""
+        ready: list[Member] = []
+        for member in members:
+            assert member.task is not None
+
+            def report(step: int, total: int) -> None:
+                progress("prepare", step, total)
+
+            try:
+                member.prepared = job_requests(
+                    member.task, member.job.id, self.runtime.pipeline, self.storage, sampling, report
+                )
+            except Exception:
+                log.warning("job %s: its inputs could not be prepared", member.job.id, exc_info=True)
+                self._fail(member, queue, sys.exc_info(), "invalid_input")
+                continue
+            ready.append(member)
+        return ready
 
     # -- 4. finish ----------------------------------------------------------------------------
     def _finish(
@@ -256,6 +305,9 @@ class BatchingWorker(BaseWorker):
         try:
             for k, image in enumerate(images):
                 self.storage.put(job.id, k, encode_png(image), expires_at)
+            extras = member.prepared.extras if member.prepared is not None else {}
+            for name, data in extras.items():
+                self.storage.put_file(job.id, name, data, expires_at)
         except Exception:
             self._fail(member, queue, sys.exc_info(), "storage_failed")
             return
@@ -266,6 +318,9 @@ class BatchingWorker(BaseWorker):
             "expires_at": expires_at,
             "progress": dict(job.meta.get("progress") or {}, fraction=1.0),
         }
+        animation = member.prepared.animation if member.prepared is not None else None
+        if animation is not None:
+            meta["animation"] = animation
         self._end(
             member,
             JobStatus.SUCCEEDED,

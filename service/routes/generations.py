@@ -9,9 +9,9 @@ from fastapi.responses import FileResponse
 
 from contract.jobs import public_status
 from contract.schemas import ErrorResponse, GenerateRequest, JobPublic, JobStatus, JobStatusResponse
-from contract.webhook_targets import refusal_without_dns
 from service.deps import IdempotencyKeyDep, JobDep, SettingsDep, StorageDep, StoreDep
 from service.errors import ApiError
+from service.webhook_check import check_webhook
 
 router = APIRouter(tags=["generations"])
 _ERRORS: dict[int | str, dict[str, Any]] = {
@@ -29,14 +29,7 @@ def submit(
     key: IdempotencyKeyDep,
 ) -> JobStatusResponse:
     """Queue a generation; poll the ``Location`` it answers with."""
-    if body.webhook is not None and settings.webhook_secret is None:
-        raise ApiError(
-            422, "webhooks_disabled", "webhooks need UNCLIP_WEBHOOK_SECRET set on the server", "webhook"
-        )
-    if body.webhook is not None and not settings.webhook_allow_private:
-        refusal = refusal_without_dns(str(body.webhook))
-        if refusal is not None:
-            raise ApiError(422, "webhook_not_allowed", refusal, "webhook")
+    check_webhook(body.webhook, settings)
     submission = store.submit_request(body, key)
     response.headers["Location"] = f"/jobs/{submission.job.id}"
     if submission.replayed:
@@ -64,6 +57,24 @@ def read_image(job: JobDep, index: int, storage: StorageDep) -> FileResponse:
     if path is None:
         raise ApiError(404, "result_expired", "the job's images expired and were deleted", "index")
     return FileResponse(path, media_type="image/png", filename=f"{job.id}-{index}.png")
+
+
+@router.get(
+    "/jobs/{job_id}/animation.{fmt}",
+    response_class=FileResponse,
+    responses={200: {"content": {"image/gif": {}, "image/webp": {}}}, **_ERRORS},
+)
+def read_animation(job: JobDep, fmt: str, storage: StorageDep) -> FileResponse:
+    """An interpolation's frames as one looping animation (GIF or WebP, as asked at submit)."""
+    status = public_status(job)
+    if not status.is_terminal():
+        raise ApiError(409, "job_not_finished", f"the job is {status.value}; images come when it succeeds")
+    if status is not JobStatus.SUCCEEDED or job.meta.get("animation") != fmt:
+        raise ApiError(404, "image_not_found", f"the job has no {fmt} animation", "fmt")
+    path = storage.file(job.id, f"animation.{fmt}", job.meta.get("expires_at"))
+    if path is None:
+        raise ApiError(404, "result_expired", "the job's images expired and were deleted", "fmt")
+    return FileResponse(path, media_type=f"image/{fmt}", filename=f"{job.id}.{fmt}")
 
 
 @router.delete("/jobs/{job_id}", response_model=JobStatusResponse, responses=_ERRORS)
