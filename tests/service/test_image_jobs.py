@@ -250,3 +250,27 @@ def test_bad_input_gets_its_4xx(
 def test_json_to_a_multipart_route_is_415(api: str) -> None:
     response = httpx.post(f"{api}/variations", json={"n": 1}, timeout=10)
     assert response.status_code == 415 and response.json()["error"]["code"] == "unsupported_media_type"
+
+
+def test_image_jobs_of_one_kind_share_a_batch_and_keep_their_seeds(api: str) -> None:
+    """Two variation jobs queued behind a busy worker are sampled together, and each gives the
+    images it gives alone (the row-seed rule holds for image-conditioned rows)."""
+    source = png(shape_render((30, 160, 30)))
+    alone = finished(api, post(api, "/variations", {"image": source}, n=1, size="64x64", seed=11))
+    blocker = httpx.post(
+        f"{api}/generate",
+        json={"prompt": RED_CIRCLE, "size": "64x64", "steps": {"decoder": 120}},
+        timeout=10,
+    ).json()
+    wait_for(
+        lambda: httpx.get(f"{api}/jobs/{blocker['id']}", timeout=10).json()["status"] == "running",
+        60,
+        what="the blocker to start",
+    )
+    first = post(api, "/variations", {"image": source}, n=1, size="64x64", seed=11)
+    second = post(api, "/variations", {"image": source}, n=2, size="64x64", seed=12)
+    jobs = [finished(api, first), finished(api, second)]
+    assert [job["batch_size"] for job in jobs] == [3, 3]
+    # Same rows, same noise; only BLAS summation order may differ with the batch size.
+    difference = np.abs(images(jobs[0])[0].astype(int) - images(alone)[0].astype(int))
+    assert difference.max() <= 3, difference.max()
