@@ -26,6 +26,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import models.open_clip_lean  # noqa: F401  # before open_clip: imports it without timm/transformers/hf hub
+
+# isort: split
 import open_clip
 import safetensors.torch
 import torch

@@ -1,4 +1,8 @@
-"""``unclip generate``: prompts in, PNG files out, per-stage timings printed."""
+"""``unclip generate``: prompts in, PNG files out, per-stage timings printed.
+
+torch, open_clip and the model code load only once the arguments are checked (``--help`` and
+argument errors answer at once); what a one-image run spends importing is in docs/benchmark.md.
+"""
 
 from __future__ import annotations
 
@@ -6,13 +10,14 @@ import argparse
 import json
 import sys
 from pathlib import Path
-
-from PIL import Image
+from typing import TYPE_CHECKING
 
 from models.configs import STAGES
-from models.pipeline import DTYPES, GenerationRequest, UnclipPipeline, load_pipeline, stages_for_size
 from models.progress_bars import StageBars
 from models.sampling_args import add_sampling_arguments, sampling_from_args
+
+if TYPE_CHECKING:
+    from models.pipeline import UnclipPipeline
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -26,7 +31,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--weights", help="model directory (default: the bundled model)")
     p.add_argument("--random-weights", metavar="CONFIG", help="run on random weights of a preset, e.g. tiny")
     p.add_argument("--device", default="cpu", help="cpu or cuda")
-    p.add_argument("--dtype", default="float32", choices=sorted(DTYPES))
+    p.add_argument("--dtype", default="float32", choices=["bfloat16", "float16", "float32"])
     p.add_argument("--batch-size", type=int, default=8, help="prompts sampled together")
     add_sampling_arguments(p)
     p.set_defaults(func=run)
@@ -49,6 +54,10 @@ def run(args: argparse.Namespace) -> int:
     prompts = read_prompts(args)
     if args.n < 1 or args.batch_size < 1:
         raise SystemExit("unclip generate: --n and --batch-size must be at least 1")
+    from PIL import Image
+
+    from models.pipeline import GenerationRequest, load_pipeline, stages_for_size
+
     try:
         stages_for_size(args.size)
     except ValueError as error:
