@@ -26,7 +26,7 @@ from contract.storage import LocalImageStorage
 from workers.host_slots import HostSlot, thread_share
 from workers.leases import Lease, PeriodicThread, Reaper
 from workers.outages import work_through_outages
-from workers.runtime import Runtime, RuntimeState
+from workers.runtime import Runtime, RuntimeState, configure_openmp, pipeline_loader
 from workers.text_cache import TextEncodingCache
 from workers.webhooks import WebhookSender
 from workers.worker import BatchingWorker
@@ -44,9 +44,7 @@ def resolve_device(device: str) -> str:
 
 
 def build_runtime(settings: Settings, connection: Redis, metrics: WorkerMetrics) -> Runtime:
-    from models.pipeline import load_pipeline
-
-    loader = partial(load_pipeline, settings.weights, resolve_device(settings.device), settings.dtype)
+    loader = pipeline_loader(settings, resolve_device(settings.device))
     cache = partial(
         TextEncodingCache,
         connection,
@@ -61,6 +59,7 @@ def run(burst: bool = False, name: str | None = None) -> int:
     """Run one worker until stopped: 0 on a clean stop, 1 when the model could not serve,
     2 when Redis does not answer."""
     settings = get_settings()
+    configure_openmp(settings.omp_wait_policy)  # before anything loads torch
     logging.basicConfig(level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     problem = check_redis(settings.redis_url)
     if problem is not None:
