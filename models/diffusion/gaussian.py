@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import enum
 import math
+import weakref
 from collections.abc import Callable
 from typing import Any
 
@@ -67,8 +68,26 @@ def _extract_into_tensor(
     :param broadcast_shape: [N x ...], the shape of the data the constants multiply.
     :return: a view of shape ``broadcast_shape`` (no copy along the data dimensions).
     """
-    values = torch.from_numpy(arr).to(device=timesteps.device)[timesteps].to(dtype)  # [N]
+    values = _constants_on(arr, timesteps.device)[timesteps].to(dtype)  # [N]
     return values.view(-1, *([1] * (len(broadcast_shape) - 1))).expand(broadcast_shape)
+
+
+# Schedule constants already copied to a device, by (id of the numpy array, device): a sampling
+# loop gathers them several times a step, and a copy from pageable host memory each time would
+# synchronise host and GPU inside the loop. An entry goes when its array is freed.
+_ON_DEVICE: dict[tuple[int, str], torch.Tensor] = {}
+
+
+def _constants_on(arr: np.ndarray, device: torch.device) -> torch.Tensor:
+    """``arr`` [T] as a tensor on ``device``: the array's own memory on the CPU, else a copy made once."""
+    if device.type == "cpu":
+        return torch.from_numpy(arr)
+    key = (id(arr), str(device))
+    cached = _ON_DEVICE.get(key)
+    if cached is None:
+        cached = _ON_DEVICE[key] = torch.from_numpy(arr).to(device)
+        weakref.finalize(arr, _ON_DEVICE.pop, key, None)
+    return cached
 
 
 def mean_flat(x: torch.Tensor) -> torch.Tensor:

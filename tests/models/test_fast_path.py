@@ -185,3 +185,73 @@ def test_micro_batches_report_progress_over_all_rows() -> None:
     )
     sr = [(step, total) for stage, step, total in seen if stage == "sr256"]
     assert sr == [(k, 4) for k in range(1, 5)], "3 rows in chunks of 2: two chunks of 2 steps"
+
+
+# Ops that make the host wait for the device on CUDA: a tensor read as a Python number or bool
+# (.item(), if tensor:, float(tensor)) and data-dependent shapes (nonzero, boolean-mask indexing).
+SYNCING_OPS = (
+    "aten._local_scalar_dense",
+    "aten.item",
+    "aten.nonzero",
+    "aten.masked_select",
+    "aten.is_nonzero",
+)
+
+
+def test_sampling_never_reads_a_tensor_on_the_host() -> None:
+    """No host-device synchronisation inside the sampling loop (checked on the CPU by the ops that
+    would force one on CUDA), for the whole chain with guidance and micro-batches."""
+    pipeline = UnclipPipeline.random("tiny", execution=replace(ExecutionConfig(), micro_batch_sr256=1))
+    text = pipeline.encode_text([r.prompt for r in REQUESTS])
+    with OpNames() as ops:
+        pipeline.generate(REQUESTS, 256, FEW_STEPS, text=text)
+    assert ops.names, "the dispatch mode saw the ops"
+    assert not [name for name in ops.names if name.startswith(SYNCING_OPS)]
+
+
+def test_schedule_constants_are_copied_to_a_device_once() -> None:
+    from models.diffusion.gaussian import _ON_DEVICE, _constants_on
+
+    constants = np.linspace(0.1, 0.9, 7)
+    first = _constants_on(constants, torch.device("meta"))
+    assert _constants_on(constants, torch.device("meta")) is first
+    assert _constants_on(constants, torch.device("cpu")).data_ptr() == constants.ctypes.data  # no copy
+    key = (id(constants), "meta")
+    del constants
+    assert key not in _ON_DEVICE, "freed with its array"
+
+
+@pytest.mark.slow
+def test_compiled_unet_matches_eager() -> None:
+    """torch.compile (Inductor, CPU) on a small UNet: the same outputs, batches padded to buckets."""
+    torch.manual_seed(0)
+    unet = UNetModel(
+        UNetConfig(image_size=16, model_channels=16, channel_mult=(1, 2), attention_resolutions=(8,))
+    )
+    torch.nn.init.normal_(unet.out[-1].weight, std=0.1)
+    unet.eval().requires_grad_(False)
+    x, t = torch.randn(3, 3, 16, 16), torch.tensor([10, 500, 900])
+    eager = NetworkCall(unet, torch.float32)(x, t)
+    execution = replace(ExecutionConfig(), compile=True, graph_buckets=(4,))
+    device = torch.device("cpu")
+    compiled = network_call(
+        "decoder", prepare_network("decoder", unet, execution, device), torch.float32, execution, device
+    )
+    assert compiled.buckets == (4,)
+    torch.testing.assert_close(compiled(x, t), eager, atol=1e-4, rtol=1e-4)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_cuda_graphs_match_eager_on_gpu() -> None:
+    """CUDA graphs ("reduce-overhead") for fixed buckets: the same images as eager, bf16 weights."""
+    eager = load_pipeline(None, device="cuda", dtype="bfloat16", execution=ExecutionConfig())
+    graphs = load_pipeline(
+        None, device="cuda", dtype="bfloat16", execution=replace(ExecutionConfig(), cuda_graphs=True)
+    )
+    reference = np.concatenate([i for i in eager.generate(REQUESTS, 256, FEW_STEPS).images if i is not None])
+    for _ in range(2):  # capture, then replay
+        images = np.concatenate(
+            [i for i in graphs.generate(REQUESTS, 256, FEW_STEPS).images if i is not None]
+        )
+    assert np.abs(images.astype(np.int16) - reference).mean() < 1.5
