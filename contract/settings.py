@@ -108,7 +108,12 @@ class Settings(BaseSettings):
     max_multipart_bytes: int = Field(
         default=10 * 1024 * 1024, ge=1024, description="a whole multipart body (uploads and fields)"
     )
-    max_multipart_parts: int = Field(default=8, ge=1, le=1000, description="parts of one multipart body")
+    max_multipart_parts: int = Field(
+        default=32,
+        ge=1,
+        le=1000,
+        description="parts of one multipart body (a text diff may repeat angles 16 times)",
+    )
     request_timeout_s: float = Field(
         default=30.0,
         gt=0,

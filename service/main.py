@@ -21,7 +21,13 @@ from contract.reaper import PeriodicThread, Reaper
 from contract.settings import Settings, get_settings
 from service.auth import authenticate
 from service.errors import install_error_handlers
-from service.middleware import BodyLimitMiddleware, RequestMetricsMiddleware
+from service.middleware import (
+    BodyLimitMiddleware,
+    ErrorShapeCORSMiddleware,
+    RequestMetricsMiddleware,
+    RequestTimeoutMiddleware,
+    cors_options,
+)
 from service.rate_limits import RateLimitHeadersMiddleware, request_limiter
 from service.routes import generations, health, images
 
@@ -80,8 +86,13 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         max_bytes=settings.max_body_bytes,
         multipart_max_bytes=settings.max_multipart_bytes,
     )
+    app.add_middleware(
+        RequestTimeoutMiddleware, timeout_s=settings.request_timeout_s, retry_after_s=settings.retry_after_s
+    )
     app.add_middleware(RateLimitHeadersMiddleware)
     app.add_middleware(RequestMetricsMiddleware, metrics=app.state.metrics)
+    if settings.cors_origins:  # off by default; outermost, so a preflight needs no API key
+        app.add_middleware(ErrorShapeCORSMiddleware, **cors_options(settings.cors_origins))
     install_error_handlers(app)
     app.include_router(generations.router, dependencies=AUTHENTICATED)
     app.include_router(images.router, dependencies=AUTHENTICATED)

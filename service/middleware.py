@@ -1,19 +1,29 @@
-"""Two pure ASGI middlewares: the request-body limit and the HTTP request counter.
+"""Pure ASGI middlewares: the request-body limit, the request time limit, CORS in the error shape
+and the HTTP request counter.
 
 Pure ASGI (not ``BaseHTTPMiddleware``): a body over the limit is refused before anything buffers
-it, and the status code is read from the response as it is sent, so answers written by the
-exception handlers are counted too.
+it, a request past its time limit is answered while the handler may still be running, and the
+status code is read from the response as it is sent, so answers written by the exception
+handlers are counted too.
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
+import logging
 from typing import Any
 
+from starlette.datastructures import Headers
 from starlette.exceptions import HTTPException
+from starlette.middleware.cors import CORSMiddleware
+from starlette.responses import Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from contract.metrics import ApiMetrics
+from service.errors import error_response
+
+log = logging.getLogger("unclip.api")
 
 
 class BodyLimitMiddleware:
@@ -105,3 +115,129 @@ class RequestMetricsMiddleware:
             route: Any = scope.get("route")
             template = getattr(route, "path", None) or "unmatched"
             self.metrics.http_requests.labels(template, scope.get("method", "?"), str(status)).inc()
+
+
+class RequestTimeoutMiddleware:
+    """A request whose response has not started within ``timeout_s`` is answered for its handler:
+    408 ``request_timeout`` while the body is still arriving (a slow client; the connection is
+    closed after it), else 503 ``server_timeout`` with ``Retry-After`` (the handler is slow, e.g.
+    Redis hangs). The handler is cancelled; one running in a thread (FastAPI's sync routes) cannot
+    be stopped and finishes unheard, so a submit that timed out may still have been queued: retry
+    it with the same ``Idempotency-Key``. A response that has started (a file, an event stream) is
+    never cut."""
+
+    def __init__(self, app: ASGIApp, timeout_s: float, retry_after_s: int):
+        self.app = app
+        self.timeout_s = timeout_s
+        self.retry_after_s = retry_after_s
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = asyncio.Event()
+        answered = False  # set once this middleware has answered: the handler's sends go nowhere
+        reading = False  # the handler waits for the next piece of the body
+
+        async def timed_receive() -> Message:
+            nonlocal reading
+            reading = True
+            try:
+                return await receive()
+            finally:
+                reading = False
+
+        async def timed_send(message: Message) -> None:
+            if answered:
+                return
+            if message["type"] == "http.response.start":
+                started.set()
+            await send(message)
+
+        handler = asyncio.ensure_future(self.app(scope, timed_receive, timed_send))
+        response_started = asyncio.ensure_future(started.wait())
+        try:
+            await asyncio.wait(
+                {handler, response_started}, timeout=self.timeout_s, return_when=asyncio.FIRST_COMPLETED
+            )
+        except asyncio.CancelledError:  # the server is stopping this request
+            handler.cancel()
+            raise
+        finally:
+            response_started.cancel()
+        if handler.done() or started.is_set():
+            await handler  # the handler's answer streams on; its exception, if any, is raised as is
+            return
+        answered = True
+        handler.cancel()
+        handler.add_done_callback(_forget)
+        await self._answer(scope, receive, send, slow_client=reading)
+
+    async def _answer(self, scope: Scope, receive: Receive, send: Send, slow_client: bool) -> None:
+        limit = f"{self.timeout_s:g} s"
+        if slow_client:
+            response = error_response(
+                408,
+                "request_timeout",
+                f"the request body did not arrive within {limit}",
+                headers={"Connection": "close"},
+            )
+        else:
+            response = error_response(
+                503,
+                "server_timeout",
+                f"the server did not answer within {limit}; retry later (a submit retried with the "
+                "same Idempotency-Key cannot make a second job)",
+                headers={"Retry-After": str(self.retry_after_s)},
+            )
+        log.warning("%s %s: %d after %s", scope.get("method"), scope.get("path"), response.status_code, limit)
+        await response(scope, receive, send)
+
+
+def _forget(handler: asyncio.Future[None]) -> None:
+    """Collect the outcome of a handler that was answered for (so asyncio does not warn of an
+    exception never retrieved)."""
+    if not handler.cancelled() and handler.exception() is not None:
+        log.debug("a handler answered for by the time limit raised", exc_info=handler.exception())
+
+
+class ErrorShapeCORSMiddleware(CORSMiddleware):
+    """Starlette's CORS middleware, with a refused preflight (an origin or method not allowed)
+    answered in the one error shape, ``400 cors_not_allowed``, instead of plain text."""
+
+    def preflight_response(self, request_headers: Headers) -> Response:
+        response = super().preflight_response(request_headers)
+        if response.status_code != 400:
+            return response
+        reason = bytes(response.body).decode(errors="replace")
+        headers = {
+            name: value
+            for name, value in response.headers.items()
+            if name.lower().startswith("access-control-") or name.lower() == "vary"
+        }
+        return error_response(
+            400,
+            "cors_not_allowed",
+            f"{reason} (the allowed origins are UNCLIP_CORS_ORIGINS)",
+            headers=headers,
+        )
+
+
+def cors_options(origins: list[str]) -> dict[str, Any]:
+    """CORS for ``origins``: the API's methods, any request header (bearer tokens, not cookies:
+    no credentials), and the answer headers a browser client needs to read."""
+    return {
+        "allow_origins": origins,
+        "allow_methods": ["GET", "POST", "DELETE"],
+        "allow_headers": ["*"],
+        "allow_credentials": False,
+        "expose_headers": [
+            "Location",
+            "Retry-After",
+            "Idempotent-Replayed",
+            "x-ratelimit-limit-requests",
+            "x-ratelimit-remaining-requests",
+            "x-ratelimit-reset-requests",
+        ],
+        "max_age": 600,
+    }

@@ -27,6 +27,7 @@ from contract.image_jobs import (
     VariationParams,
 )
 from contract.schemas import ErrorResponse, JobPublic, JobStatusResponse
+from contract.settings import Settings
 from contract.storage import ImageStorage
 from contract.uploads import CheckedImage, UploadRefused, edit_mask, open_image, stored_png
 from service.deps import IdempotencyKeyDep, SettingsDep, StorageDep, StoreDep
@@ -37,8 +38,7 @@ router = APIRouter(tags=["image jobs"])
 _ERRORS: dict[int | str, dict[str, Any]] = {
     code: {"model": ErrorResponse} for code in (404, 409, 413, 415, 422, 429, 503)
 }
-_MAX_FILES = 2
-_MAX_FIELDS = 16
+_MAX_FILES = 2  # the most file parts any route takes
 
 
 def _multipart(description: str, files: Mapping[str, str], fields: Mapping[str, str]) -> dict[str, Any]:
@@ -64,20 +64,34 @@ _COMMON = {
 }
 
 
-async def _form(request: Request) -> FormData:
+async def _form(request: Request, settings: Settings) -> FormData:
+    """The form, parsed once: at most ``max_multipart_parts`` parts in all (413 ``too_many_parts``,
+    refused while the body streams), of which at most two are files."""
     content_type = request.headers.get("content-type", "")
     if not content_type.startswith("multipart/form-data"):
         raise ApiError(415, "unsupported_media_type", "send multipart/form-data (the image as a file part)")
+    limit = settings.max_multipart_parts
+    too_many = ApiError(413, "too_many_parts", f"a multipart body may have at most {limit} parts")
     try:
-        return await request.form(max_files=_MAX_FILES, max_fields=_MAX_FIELDS)
+        form = await request.form(max_files=min(_MAX_FILES, limit), max_fields=limit)
     except Exception as exc:  # malformed multipart, too many parts: Starlette raises several types
         status = getattr(exc, "status_code", 400)
         detail = getattr(exc, "detail", None) or str(exc) or "malformed multipart body"
         if status == 413:
             raise
+        if str(detail).startswith("Too many files"):
+            raise ApiError(
+                413, "too_many_parts", f"a multipart body may have at most {_MAX_FILES} files"
+            ) from None
+        if str(detail).startswith("Too many fields"):
+            raise too_many from None
         raise ApiError(
             422 if status < 500 else 400, "invalid_multipart", f"multipart body: {detail}"
         ) from None
+    if len(form.multi_items()) > limit:  # files and fields are counted apart while parsing
+        await form.close()
+        raise too_many
+    return form
 
 
 def _fields(form: FormData, files: tuple[str, ...]) -> dict[str, Any]:
@@ -178,7 +192,7 @@ async def variations(
     key: IdempotencyKeyDep,
 ) -> JobStatusResponse:
     """Variations of an image: its CLIP embedding decoded anew (Ramesh et al. 2022, §3.1)."""
-    form = await _form(request)
+    form = await _form(request, settings)
     params = _validate(VariationParams, _fields(form, ("image",)))
     image = _checked(await _upload(form, "image"), "image")
     return _submit(
@@ -213,7 +227,7 @@ async def interpolations(
     key: IdempotencyKeyDep,
 ) -> JobStatusResponse:
     """Interpolate two ends in CLIP image-embedding space (§3.2); frames plus an animation."""
-    form = await _form(request)
+    form = await _form(request, settings)
     values = _fields(form, ("image_a", "image_b"))
     uploads = {name: await _upload(form, name) for name in ("image_a", "image_b")}
     values.update({name: data is not None for name, data in uploads.items()})
@@ -250,7 +264,7 @@ async def text_diffs(
     key: IdempotencyKeyDep,
 ) -> JobStatusResponse:
     """A text diff (§3.3): frames rotating the image's embedding towards target - base."""
-    form = await _form(request)
+    form = await _form(request, settings)
     values = _fields(form, ("image",))
     if isinstance(values.get("angles"), str):
         values["angles"] = [a for a in values["angles"].replace(",", " ").split() if a]
@@ -284,7 +298,7 @@ async def edits(
     key: IdempotencyKeyDep,
 ) -> JobStatusResponse:
     """Masked sampling: the prompt drawn where the mask says, the source kept elsewhere."""
-    form = await _form(request)
+    form = await _form(request, settings)
     params = _validate(EditParams, _fields(form, ("image", "mask")))
     image = _checked(await _upload(form, "image"), "image", square=True)
     mask_data = await _upload(form, "mask")

@@ -130,12 +130,14 @@ class WorkerProcess:
 
 
 class ApiServer:
-    """The real app under uvicorn on a free port, in a thread of the test process."""
+    """The real app under uvicorn on a free port, in a thread of the test process (``app``: one
+    built by the test, e.g. with a route added)."""
 
-    def __init__(self, settings: Settings):
+    def __init__(self, settings: Settings, app: Any = None):
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
-        config = uvicorn.Config(create_app(settings), host="127.0.0.1", port=self.port, log_level="warning")
+        app = app if app is not None else create_app(settings)
+        config = uvicorn.Config(app, host="127.0.0.1", port=self.port, log_level="warning")
         self.server = uvicorn.Server(config)
         self.thread = threading.Thread(target=self.server.run, daemon=True)
 
