@@ -93,7 +93,8 @@ def build_ours(
     if args.config == "bundled":
         return load_pipeline(args.weights, device=str(device), dtype=dtype, execution=execution)
     torch.manual_seed(0)
-    modules = {stage: create_stage_module(stage, config) for stage in STAGES}
+    with device:  # initialise on the device: a Karlo-sized chain is 2.6 B parameters
+        modules = {stage: create_stage_module(stage, config) for stage in STAGES}
     return UnclipPipeline(
         config, modules, model_id=f"random-{config.name}", device=device, dtype=dtype, execution=execution
     )
@@ -190,7 +191,8 @@ def end_to_end(
         bf16 = pipeline.dtype == torch.bfloat16 or execution.autocast != "off"
         contenders[f"ours:{name}"] = (pipeline, bf16)
     if not args.no_peer:
-        pipe = build_peer(config, config.prior.context_length).to(device)
+        with device:
+            pipe = build_peer(config, config.prior.context_length).to(device)
         if args.dtype == "bfloat16" or (args.dtype is None and device.type == "cuda"):
             pipe = pipe.to(device, torch.bfloat16)
         pipe.set_progress_bar_config(disable=True)
@@ -297,7 +299,8 @@ def forwards(
 ) -> list[dict[str, Any]]:
     """Each network's forward, ours without the stem against diffusers', interleaved."""
     matched = flop_matched(config)
-    peer = build_peer(config, config.prior.context_length).to(device)
+    with device:
+        peer = build_peer(config, config.prior.context_length).to(device)
     peer_nets: dict[StageName, Any] = {
         "prior": peer.prior,
         "decoder": peer.decoder,
@@ -311,7 +314,8 @@ def forwards(
     rows = []
     for stage, peer_net in peer_nets.items():
         torch.manual_seed(0)
-        module = create_stage_module(stage, matched).to(device).eval().requires_grad_(False)
+        with device:
+            module = create_stage_module(stage, matched).to(device).eval().requires_grad_(False)
         if dtype is not None:
             module, peer_net = module.to(dtype), peer_net.to(dtype)
         for batch in args.batches:

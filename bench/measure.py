@@ -86,8 +86,10 @@ def _best_rate(fn: Callable[[], Any], flops: float, device: torch.device, repeat
 
 def peak_probes(device: torch.device, quick: bool = False) -> dict[str, float]:
     """GFLOP/s of a square matmul and a 3×3 convolution (NCHW and channels_last), fp32 and bf16."""
-    n = 512 if quick else 1024
-    batch, channels, side = (2, 64, 32) if quick else (8, 128, 64)
+    n = 512 if quick else (8192 if device.type == "cuda" else 1024)
+    batch, channels, side = (
+        (2, 64, 32) if quick else ((32, 320, 64) if device.type == "cuda" else (8, 128, 64))
+    )
     repeats = 2 if quick else 5
     probes: dict[str, float] = {}
     for dtype in (torch.float32, torch.bfloat16):

@@ -140,9 +140,10 @@ def build_peer(config: ModelConfig, text_length: int, seed: int = 0) -> Any:
         cross_attention_dim=config.decoder.unet.model_channels * 4,
     )
     sr = upsampler_kwargs(config.sr256.unet)
-    generator = torch.Generator().manual_seed(seed + 1)
+    g = torch.Generator().manual_seed(seed + 1)  # a CPU generator, whatever the default device
     empty = FixedTextEncoder(
-        torch.randn(1, d, generator=generator), torch.randn(1, text_length, d, generator=generator)
+        torch.randn(1, d, generator=g, device="cpu"),
+        torch.randn(1, text_length, d, generator=g, device="cpu"),
     )
     return UnCLIPPipeline(
         prior=prior,

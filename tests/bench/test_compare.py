@@ -102,3 +102,28 @@ def test_quick_run_writes_json_and_markdown(tmp_path: Path) -> None:
         assert abs(ours["gflop_per_row"] - theirs["gflop_per_row"]) / theirs["gflop_per_row"] < 0.1, network
     report = stem.with_suffix(".md").read_text()
     assert "### End to end (cpu)" in report and "| 256² | diffusers |" in report
+
+
+def test_karlo_sized_configs_match_karlos_sizes() -> None:
+    """The GPU comparison's sizes, counted on the meta device (nothing allocated)."""
+    pytest.importorskip("diffusers")
+    from bench.peer import build_peer, karlo_config
+
+    config = karlo_config()
+    with torch.device("meta"):
+        peer = build_peer(config, config.prior.context_length)
+        ours = {
+            stage: count_parameters(create_stage_module(stage, config))
+            for stage in ("prior", "decoder", "sr256")
+        }
+    theirs = {
+        "prior": count_parameters(peer.prior),
+        "decoder": count_parameters(peer.decoder) + count_parameters(peer.text_proj),
+        "sr256": count_parameters(peer.super_res_first),
+    }
+    for stage in ours:
+        assert abs(ours[stage] - theirs[stage]) / theirs[stage] < 0.02, stage
+    # Karlo: a 1 B prior, a ≈ 900 M decoder, a ≈ 700 M upsampler (docs: shared/REFERENCE.md).
+    assert (
+        0.95e9 < ours["prior"] < 1.1e9 and 0.8e9 < ours["decoder"] < 1.0e9 and 0.65e9 < ours["sr256"] < 0.8e9
+    )
