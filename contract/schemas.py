@@ -48,12 +48,13 @@ class StepOverrides(BaseModel):
 
 
 class GuidanceOverrides(BaseModel):
-    """Classifier-free guidance scale of the text-conditioned stages (1.0 means none)."""
+    """Classifier-free guidance scale of the text-conditioned stages (1.0 means none). A JSON
+    number (an integer is fine); a numeric string is refused, as for ``n``, ``seed`` and ``steps``."""
 
     model_config = ConfigDict(extra="forbid")
 
-    prior: float | None = Field(default=None, ge=0.0, le=20.0, allow_inf_nan=False)
-    decoder: float | None = Field(default=None, ge=0.0, le=20.0, allow_inf_nan=False)
+    prior: float | None = Field(default=None, ge=0.0, le=20.0, allow_inf_nan=False, strict=True)
+    decoder: float | None = Field(default=None, ge=0.0, le=20.0, allow_inf_nan=False, strict=True)
 
 
 class GenerateRequest(BaseModel):

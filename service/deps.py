@@ -86,9 +86,22 @@ def get_job(
 JobDep = Annotated[Job, Depends(get_job)]
 
 
+_IDEMPOTENCY_RULES = (
+    "Makes a retried submit safe: the same key with the same request returns the same job (`202`, "
+    "header `Idempotent-Replayed: true`); with another request `422 idempotency_key_reused`; while "
+    "the first request with it is still being processed `409 idempotency_key_in_use` (`Retry-After`). "
+    "1 to 255 visible ASCII characters (else `422`); scoped to the API key; remembered for "
+    "UNCLIP_IDEMPOTENCY_TTL_S (a day)."
+)
+
+
 def get_idempotency_key(
     idempotency_key: Annotated[
-        str | None, Header(description="retrying a submit with the same key returns the same job")
+        str | None,
+        Header(
+            description=_IDEMPOTENCY_RULES,
+            json_schema_extra={"minLength": 1, "maxLength": 255, "pattern": _IDEMPOTENCY_KEY.pattern},
+        ),
     ] = None,
 ) -> str | None:
     if idempotency_key is not None and not _IDEMPOTENCY_KEY.match(idempotency_key):

@@ -17,6 +17,7 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.routing import Match
 
 from contract.admission import Refused
 from contract.jobs import IdempotencyKeyInFlight, IdempotencyKeyReused, JobConflict, QueueFull
@@ -95,11 +96,33 @@ async def handle_http_error(request: Request, exc: Exception) -> JSONResponse:
     if exc.status_code == 400 and isinstance(exc.__cause__, ValueError):
         # FastAPI answers 400 to a body it cannot decode (bad UTF-8): same class as bad JSON.
         return error_response(422, "invalid_json", f"request body is not valid JSON: {exc.__cause__}")
+    if exc.status_code == 400 and isinstance(exc.__cause__, RecursionError):
+        # ... and to JSON nested deeper than the parser's recursion limit.
+        return error_response(422, "invalid_json", "request body is JSON nested too deeply to parse")
     code = _HTTP_CODES.get(exc.status_code, f"http_{exc.status_code}")
     message = exc.detail if isinstance(exc.detail, str) else str(exc.detail)
+    headers = dict(exc.headers or {})
     if exc.status_code == 404 and message == "Not Found":
         message = f"no route for {request.method} {request.url.path}"
-    return error_response(exc.status_code, code, message, headers=exc.headers)
+    if exc.status_code == 405:
+        headers["Allow"] = ", ".join(allowed_methods(request))
+        message = f"{request.method} is not allowed on {request.url.path}; allowed: {headers['Allow']}"
+    return error_response(exc.status_code, code, message, headers=headers)
+
+
+_METHODS = ("DELETE", "GET", "HEAD", "PATCH", "POST", "PUT")
+
+
+def allowed_methods(request: Request) -> list[str]:
+    """Every method some route serves at this path (Starlette's 405 names only the first route
+    that matches the path: ``GET`` for ``/jobs/{id}``, which also answers ``DELETE``). Asked of
+    each route through ``matches``, so routes inside included routers count too."""
+    routes = request.app.router.routes
+    return [
+        method
+        for method in _METHODS
+        if any(route.matches({**request.scope, "method": method})[0] is Match.FULL for route in routes)
+    ]
 
 
 async def handle_queue_full(request: Request, exc: Exception) -> JSONResponse:

@@ -77,8 +77,19 @@ def read_animation(job: JobDep, fmt: str, storage: StorageDep) -> FileResponse:
     return FileResponse(path, media_type=f"image/{fmt}", filename=f"{job.id}.{fmt}")
 
 
-@router.delete("/jobs/{job_id}", response_model=JobStatusResponse, responses=_ERRORS)
-@router.post("/jobs/{job_id}/cancel", response_model=JobStatusResponse, responses=_ERRORS)
+_CANCEL_ANSWERS: dict[int | str, dict[str, Any]] = {
+    200: {"description": "the job was queued and is now canceled"},
+    202: {
+        "model": JobStatusResponse,
+        "description": "the job is running: it is asked to stop at its next step "
+        "(`cancel_requested: true`; poll the job for `canceled`)",
+    },
+    **_ERRORS,
+}
+
+
+@router.delete("/jobs/{job_id}", response_model=JobStatusResponse, responses=_CANCEL_ANSWERS)
+@router.post("/jobs/{job_id}/cancel", response_model=JobStatusResponse, responses=_CANCEL_ANSWERS)
 def cancel_job(job: JobDep, request: Request, response: Response, store: StoreDep) -> JobStatusResponse:
     """Cancel a queued job (200) or ask a running one to stop at its next step (202)."""
     outcome = store.cancel(job)

@@ -17,6 +17,7 @@ from typing import Any
 from fastapi import APIRouter, Request, Response
 from fastapi.exceptions import RequestValidationError
 from pydantic import ValidationError
+from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import FormData, UploadFile
 
 from contract.image_jobs import (
@@ -136,7 +137,7 @@ def _checked(data: bytes | None, name: str, *, square: bool = False) -> CheckedI
         raise ApiError(refused.status, refused.code, refused.message, refused.param) from None
 
 
-def _submit(
+def _submit(  # in a thread: the webhook check resolves a name, the store talks to Redis
     params: ImageJobKinds,
     inputs: dict[str, bytes],
     request: Request,
@@ -195,8 +196,8 @@ async def variations(
     form = await _form(request, settings)
     params = _validate(VariationParams, _fields(form, ("image",)))
     image = _checked(await _upload(form, "image"), "image")
-    return _submit(
-        params, {"image": stored_png(image.image)}, request, response, store, storage, settings, key
+    return await run_in_threadpool(
+        _submit, params, {"image": stored_png(image.image)}, request, response, store, storage, settings, key
     )
 
 
@@ -235,7 +236,7 @@ async def interpolations(
     inputs = {
         name: stored_png(_checked(data, name).image) for name, data in uploads.items() if data is not None
     }
-    return _submit(params, inputs, request, response, store, storage, settings, key)
+    return await run_in_threadpool(_submit, params, inputs, request, response, store, storage, settings, key)
 
 
 @router.post(
@@ -272,7 +273,7 @@ async def text_diffs(
     values["image"] = data is not None
     params = _validate(TextDiffParams, values)
     inputs = {"image": stored_png(_checked(data, "image").image)} if data is not None else {}
-    return _submit(params, inputs, request, response, store, storage, settings, key)
+    return await run_in_threadpool(_submit, params, inputs, request, response, store, storage, settings, key)
 
 
 @router.post(
@@ -308,4 +309,4 @@ async def edits(
     except UploadRefused as refused:
         raise ApiError(refused.status, refused.code, refused.message, refused.param) from None
     inputs = {"image": stored_png(image.image), "mask": mask_png}
-    return _submit(params, inputs, request, response, store, storage, settings, key)
+    return await run_in_threadpool(_submit, params, inputs, request, response, store, storage, settings, key)

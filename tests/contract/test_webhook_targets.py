@@ -48,6 +48,8 @@ def test_names_are_judged_by_what_they_resolve_to(monkeypatch: pytest.MonkeyPatc
     def getaddrinfo(host: str, *args: object, **kwargs: object) -> list:  # type: ignore[type-arg]
         if host in answers:  # what a DNS server would answer for these names
             return [(socket.AF_INET, socket.SOCK_STREAM, 6, "", (answers[host], 443))]
+        if host == "gone.example.com":
+            raise socket.gaierror(socket.EAI_NONAME, "Name or service not known")
         return real(host, *args, **kwargs)  # type: ignore[arg-type]
 
     monkeypatch.setattr(socket, "getaddrinfo", getaddrinfo)
@@ -55,4 +57,44 @@ def test_names_are_judged_by_what_they_resolve_to(monkeypatch: pytest.MonkeyPatc
     assert "10.0.0.5" in (refusal_after_dns("https://internal.example.com/h") or "")
     assert refusal_after_dns("https://public.example.com/h") is None
     # A name that does not resolve now is left to the POST, which fails and is retried.
-    assert refusal_after_dns("http://no-such-host.invalid/h") is None
+    assert refusal_after_dns("http://gone.example.com/h") is None
+
+
+@pytest.mark.parametrize(
+    ("url", "reason"),
+    [
+        ("http://metadata.google.internal/computeMetadata/v1/", "metadata"),
+        ("http://METADATA.google.internal./computeMetadata/v1/", "metadata"),
+        ("http://instance-data/latest/meta-data/", "metadata"),
+        ("http://redis:6379/", "fully qualified"),
+        ("http://api/hook", "fully qualified"),
+        ("http://db.internal/h", ".internal"),
+        ("http://printer.local/h", ".local"),
+        ("http://kubernetes.default.svc.cluster.local/h", ".local"),
+        ("http://router.home.arpa/h", ".home.arpa"),
+        ("http://app.localhost/h", ".localhost"),
+        ("http://hooks.example.test/h", ".test"),
+    ],
+)
+def test_private_and_metadata_names_are_refused_without_dns(url: str, reason: str) -> None:
+    refusal = refusal_without_dns(url)
+    assert refusal is not None and reason in refusal
+    assert refusal_after_dns(url) == refusal  # the sender refuses them for the same reason
+
+
+def test_a_lookup_that_hangs_refuses_nothing_within_its_bound(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The API's submit check waits for DNS only so long; the sender decides later."""
+    import socket
+    import threading
+
+    release = threading.Event()
+
+    def hanging_getaddrinfo(*args: object, **kwargs: object) -> list:  # type: ignore[type-arg]
+        release.wait(60)
+        return [(socket.AF_INET, socket.SOCK_STREAM, 6, "", ("10.0.0.5", 443))]
+
+    monkeypatch.setattr(socket, "getaddrinfo", hanging_getaddrinfo)
+    try:
+        assert refusal_after_dns("https://slow-dns.example.com/h", timeout_s=0.05) is None
+    finally:
+        release.set()
