@@ -124,6 +124,13 @@ class Settings(BaseSettings):
         default_factory=list,
         description="origins allowed to call the API from a browser (comma-separated); empty: CORS off",
     )
+    openai_wait_s: float | None = Field(
+        default=None,
+        gt=0,
+        le=3600,
+        description="how long POST /v1/images/* waits for its job before 504 with the job id; unset, "
+        "and at most: just under request_timeout_s (raise both for long CPU generations)",
+    )
     reaper_interval_s: float = Field(
         default=1.0, ge=0, le=60, description="the API's pass over dead workers' jobs (0: only workers reap)"
     )

@@ -28,8 +28,9 @@ from service.middleware import (
     RequestTimeoutMiddleware,
     cors_options,
 )
+from service.openai_errors import scope_openai_errors
 from service.rate_limits import RateLimitHeadersMiddleware, request_limiter
-from service.routes import generations, health, images
+from service.routes import generations, health, images, openai
 
 log = logging.getLogger("unclip.api")
 
@@ -96,5 +97,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     install_error_handlers(app)
     app.include_router(generations.router, dependencies=AUTHENTICATED)
     app.include_router(images.router, dependencies=AUTHENTICATED)
+    app.include_router(openai.router, dependencies=AUTHENTICATED)
     app.include_router(health.router)
+    scope_openai_errors(app)  # last: under /v1, every handler's answer in OpenAI's shape
     return app
