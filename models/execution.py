@@ -21,7 +21,6 @@ measures what each one buys; the defaults are the ones that measured fastest on 
 
 from __future__ import annotations
 
-import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -189,12 +188,3 @@ def network_call(
         device_type=device.type,
         buckets=config.graph_buckets if fixed_shapes else (),
     )
-
-
-def owned_cores() -> int:
-    """CPU cores this process may run on (its affinity mask, which containers and ``taskset``
-    narrow), not the host's count."""
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # not Linux
-        return os.cpu_count() or 1
