@@ -104,10 +104,12 @@ def test_the_api_and_the_cli_root_do_not_load_torch(code: str) -> None:
     assert not loaded_after(code) & forbidden
 
 
+@pytest.mark.slow  # a fresh interpreter imports torch
 def test_the_probe_sees_torch_when_it_is_loaded() -> None:
     assert {"torch", "models"} <= loaded_after("import models.pipeline")
 
 
+@pytest.mark.slow  # one fresh interpreter per subcommand
 def test_the_unclip_console_script_answers_help_for_every_subcommand() -> None:
     from cli.main import SUBCOMMANDS
 

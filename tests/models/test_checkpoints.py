@@ -31,12 +31,6 @@ def _small_net(out: int = 8) -> nn.Module:
     return nn.Sequential(nn.Linear(4, out), nn.BatchNorm1d(out), nn.Linear(out, 3))  # BN: an int64 buffer
 
 
-@pytest.fixture(scope="module")
-def tiny_clip() -> nn.Module:
-    torch.manual_seed(0)
-    return build_clip_model(ClipConfig())
-
-
 def _assert_bitwise_equal(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> None:
     assert a.keys() == b.keys()
     for key in a:

@@ -10,6 +10,8 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
+pytestmark = pytest.mark.slow  # each test starts a Python that imports torch and builds the model
+
 FAST_STEPS = ["--steps-prior", "2", "--steps-decoder", "2", "--steps-sr256", "1", "--steps-sr1024", "1"]
 
 

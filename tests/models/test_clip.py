@@ -26,9 +26,8 @@ PROMPTS = ["a cat", "a photograph of an astronaut riding a horse", "!"]
 
 
 @pytest.fixture(scope="module")
-def clip() -> FrozenClip:
-    torch.manual_seed(0)
-    return FrozenClip(build_clip_model(TINY), get_tokenizer(TINY))
+def clip(tiny_clip: torch.nn.Module) -> FrozenClip:
+    return FrozenClip(tiny_clip, get_tokenizer(TINY))
 
 
 def _random_encoding(n: int, seed: int = 0) -> TextEncoding:

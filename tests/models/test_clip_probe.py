@@ -7,8 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from models.clip import FrozenClip, build_clip_model
-from models.configs import get_config
+from models.clip import FrozenClip
 from models.data.shapes import (
     BACKGROUNDS,
     COLORS,
@@ -66,9 +65,8 @@ def test_with_attribute_changes_one_attribute_and_keeps_the_jitter() -> None:
 
 
 @pytest.fixture(scope="module")
-def clip_model() -> torch.nn.Module:
-    torch.manual_seed(0)
-    return build_clip_model(get_config("tiny").clip).eval()
+def clip_model(tiny_clip: torch.nn.Module) -> torch.nn.Module:
+    return tiny_clip.eval()  # the tests below load the bundled weights into it
 
 
 def _score(model: torch.nn.Module) -> tuple[dict[str, float], dict[str, float]]:

@@ -22,13 +22,12 @@ def test_object_cell_finds_every_position_of_the_world(position: str) -> None:
         assert object_cell(image, background) == position, spec
 
 
-def test_probe_on_a_barely_noised_image_finds_every_object() -> None:
+def test_probe_on_a_barely_noised_image_finds_every_object(tiny_pipeline: UnclipPipeline) -> None:
     """A fresh v-prediction decoder outputs v = 0 (zero-initialised last layer), so its x0 at t = 0
     is the render itself: every condition set must find the right cell."""
-    pipeline = UnclipPipeline.random("tiny", seed=0)
-    probe = placement_probe(pipeline, n=9, timesteps=[0], batch_size=4)
+    probe = placement_probe(tiny_pipeline, n=9, timesteps=[0], batch_size=4)
     assert probe.n == 9 and list(probe.accuracy) == [0]
     assert probe.accuracy[0] == dict.fromkeys(CONDITIONS, 1.0)
     assert "| 0 | 100% | 100% | 100% | 100% |" in probe.to_markdown()
     with pytest.raises(ValueError, match="schedule"):
-        placement_probe(pipeline, n=2, timesteps=[1000])
+        placement_probe(tiny_pipeline, n=2, timesteps=[1000])

@@ -16,11 +16,6 @@ FAST = SamplingConfig(
 )
 
 
-@pytest.fixture(scope="module")
-def pipeline() -> UnclipPipeline:
-    return UnclipPipeline.random("tiny", seed=0)
-
-
 def test_stages_for_size() -> None:
     assert stages_for_size(64) == ("prior", "decoder")
     assert stages_for_size(256) == ("prior", "decoder", "sr256")
@@ -45,8 +40,8 @@ def test_row_seed_depends_on_every_part() -> None:
 
 
 @pytest.mark.parametrize("size", [64, 256])
-def test_generate_shapes_and_timings(pipeline: UnclipPipeline, size: int) -> None:
-    out = pipeline.generate([GenerationRequest("a red circle", n=2, seed=3)], size, FAST)
+def test_generate_shapes_and_timings(tiny_pipeline: UnclipPipeline, size: int) -> None:
+    out = tiny_pipeline.generate([GenerationRequest("a red circle", n=2, seed=3)], size, FAST)
     assert len(out.images) == 1
     images = out.images[0]
     assert images is not None and images.shape == (2, size, size, 3) and images.dtype == np.uint8
@@ -54,9 +49,9 @@ def test_generate_shapes_and_timings(pipeline: UnclipPipeline, size: int) -> Non
     assert not np.array_equal(images[0], images[1]), "two images of one request must differ"
 
 
-def test_seed_reproduces_across_batch_compositions(pipeline: UnclipPipeline) -> None:
-    alone = pipeline.generate([GenerationRequest("a blue star", n=2, seed=11)], 64, FAST).images[0]
-    batch = pipeline.generate(
+def test_seed_reproduces_across_batch_compositions(tiny_pipeline: UnclipPipeline) -> None:
+    alone = tiny_pipeline.generate([GenerationRequest("a blue star", n=2, seed=11)], 64, FAST).images[0]
+    batch = tiny_pipeline.generate(
         [
             GenerationRequest("a green square", n=1, seed=4),
             GenerationRequest("a blue star", n=2, seed=11),
@@ -75,36 +70,36 @@ def test_seed_reproduces_across_batch_compositions(pipeline: UnclipPipeline) -> 
     assert other is not None and np.abs(alone[0].astype(int) - other[0].astype(int)).mean() > 0.5
 
 
-def test_image_embeds_replace_the_prior(pipeline: UnclipPipeline) -> None:
+def test_image_embeds_replace_the_prior(tiny_pipeline: UnclipPipeline) -> None:
     """Decoding from given embeddings skips the prior; given the prior's own samples it reproduces
     the whole chain's images."""
     requests = [GenerationRequest("a purple triangle", seed=1), GenerationRequest("an orange circle", seed=2)]
-    chain = pipeline.generate(requests, 64, FAST)
-    text = pipeline.encode_text([r.prompt for r in requests])
+    chain = tiny_pipeline.generate(requests, 64, FAST)
+    text = tiny_pipeline.encode_text([r.prompt for r in requests])
     rows = [(0, 0), (1, 0)]
-    embeds = pipeline._sample_prior(requests, rows, text, FAST.prior, lambda step, total: None)
-    given = pipeline.generate(requests, 64, FAST, image_embeds=embeds)
+    embeds = tiny_pipeline._sample_prior(requests, rows, text, FAST.prior, lambda step, total: None)
+    given = tiny_pipeline.generate(requests, 64, FAST, image_embeds=embeds)
     assert set(given.timings) == {"clip", "decoder"}
     for x, y in zip(chain.images, given.images, strict=True):
         assert x is not None and y is not None and np.array_equal(x, y)
     with pytest.raises(ValueError, match="image_embeds"):
-        pipeline.generate(requests, 64, FAST, image_embeds=embeds[:1])
+        tiny_pipeline.generate(requests, 64, FAST, image_embeds=embeds[:1])
 
 
-def test_precomputed_text_equals_encoding_inside(pipeline: UnclipPipeline) -> None:
+def test_precomputed_text_equals_encoding_inside(tiny_pipeline: UnclipPipeline) -> None:
     requests = [GenerationRequest("a purple triangle", seed=1), GenerationRequest("an orange circle", seed=2)]
-    text = pipeline.encode_text([r.prompt for r in requests])
-    a = pipeline.generate(requests, 64, FAST)
-    b = pipeline.generate(requests, 64, FAST, text=text)
+    text = tiny_pipeline.encode_text([r.prompt for r in requests])
+    a = tiny_pipeline.generate(requests, 64, FAST)
+    b = tiny_pipeline.generate(requests, 64, FAST, text=text)
     for x, y in zip(a.images, b.images, strict=True):
         assert x is not None and y is not None and np.array_equal(x, y)
 
 
-def test_canceled_request_is_dropped_and_others_unharmed(pipeline: UnclipPipeline) -> None:
+def test_canceled_request_is_dropped_and_others_unharmed(tiny_pipeline: UnclipPipeline) -> None:
     requests = [GenerationRequest("a red circle", seed=1), GenerationRequest("a blue square", seed=2)]
-    reference = pipeline.generate(requests, 64, FAST)
+    reference = tiny_pipeline.generate(requests, 64, FAST)
     calls: list[tuple[str, int, int]] = []
-    out = pipeline.generate(
+    out = tiny_pipeline.generate(
         requests,
         64,
         FAST,
@@ -117,9 +112,9 @@ def test_canceled_request_is_dropped_and_others_unharmed(pipeline: UnclipPipelin
     assert ("clip", 1, 1) in calls and ("decoder", 2, 2) in calls
 
 
-def test_all_canceled_stops_early(pipeline: UnclipPipeline) -> None:
+def test_all_canceled_stops_early(tiny_pipeline: UnclipPipeline) -> None:
     calls: list[tuple[str, int, int]] = []
-    out = pipeline.generate(
+    out = tiny_pipeline.generate(
         [GenerationRequest("a red circle")],
         256,
         FAST,
@@ -130,7 +125,7 @@ def test_all_canceled_stops_early(pipeline: UnclipPipeline) -> None:
     assert all(stage != "sr256" for stage, _, _ in calls)
 
 
-def test_bfloat16_runs(pipeline: UnclipPipeline) -> None:
+def test_bfloat16_runs(tiny_pipeline: UnclipPipeline) -> None:
     bf16 = UnclipPipeline.random("tiny", seed=0, dtype="bfloat16")
     out = bf16.generate([GenerationRequest("a yellow star", seed=5)], 64, FAST)
     assert out.images[0] is not None and out.images[0].shape == (1, 64, 64, 3)

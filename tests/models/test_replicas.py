@@ -60,6 +60,7 @@ def train_linear(replica: Replica, out_dir: Path, steps: int) -> TrainResult:
     return result
 
 
+@pytest.mark.slow  # replica processes
 def test_two_replicas_train_like_one_process_on_both_batches(tmp_path: Path) -> None:
     result = run_replicas(train_linear, 2, tmp_path / "replicas", 12)
     assert result.steps == 12 and result.examples == 12 * 2 * PER_REPLICA
@@ -87,6 +88,7 @@ def test_two_replicas_train_like_one_process_on_both_batches(tmp_path: Path) -> 
     assert (tmp_path / "replicas" / "logs" / "linear.jsonl").read_text().count("\n") == 12 // 5 + 1
 
 
+@pytest.mark.slow  # replica processes
 def test_replicas_resume_a_one_process_checkpoint(tmp_path: Path) -> None:
     """Replica 0 reads the one-process stream, so a run can go on with more cores."""
     Trainer(LinearTask(), recipe(4, PER_REPLICA), tmp_path, show_progress=False).run()
@@ -104,6 +106,7 @@ def average_of_ranks(replica: Replica) -> list[list[float]]:
     return [module.weight.grad.flatten().tolist(), module.bias.grad.flatten().tolist()]
 
 
+@pytest.mark.slow  # replica processes
 def test_average_gradients_is_the_mean_over_replicas() -> None:
     assert run_replicas(average_of_ranks, 2) == [[1.5, 1.5], [2.0]]
 
@@ -114,6 +117,7 @@ def failing_replica(replica: Replica) -> None:
     torch.distributed.barrier()  # replica 0 would wait here for ever
 
 
+@pytest.mark.slow  # replica processes
 def test_a_failing_replica_stops_the_others() -> None:
     with pytest.raises(RuntimeError, match="replicas failed"):
         run_replicas(failing_replica, 2)

@@ -67,13 +67,9 @@ CONFIG = ModelConfig(
 RECIPE = TrainConfig(batch_size=8, steps=25, lr=2e-3, warmup_steps=5, ema_decay=0.9, log_every=25)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():  # type: ignore[no-untyped-def]
-    """One intra-op thread: these small networks run several times faster so on a busy machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+# One intra-op thread (tests/conftest.py): these small networks run several times faster so on a
+# busy machine.
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
@@ -93,7 +89,14 @@ def held_loss(task, batch) -> float:  # type: ignore[no-untyped-def]
 
 
 @pytest.mark.parametrize(
-    ("stage", "batch_size"), [("clip", 16), ("prior", 32), ("decoder", 8), ("sr256", 8), ("sr1024", 4)]
+    ("stage", "batch_size"),
+    [
+        ("clip", 16),
+        ("prior", 32),
+        pytest.param("decoder", 8, marks=pytest.mark.slow),
+        ("sr256", 8),
+        ("sr1024", 4),
+    ],
 )
 def test_short_run_lowers_held_loss(stage: str, batch_size: int, clip_dir: Path, tmp_path: Path) -> None:
     recipe = replace(RECIPE, batch_size=batch_size)
@@ -146,6 +149,7 @@ def test_cli_trains_clip_on_a_folder_and_resumes(tmp_path: Path) -> None:
     assert set(read_manifest(out).stages) == {"clip"}
 
 
+@pytest.mark.slow
 def test_cli_crop_fraction_trains_an_upsampler_on_whole_images(tmp_path: Path) -> None:
     from models.training.cli import main
 
@@ -166,6 +170,7 @@ V_PATCH_CONFIG = replace(
 )
 
 
+@pytest.mark.slow
 def test_v_prediction_patch_decoder_short_run_lowers_held_loss(clip_dir: Path, tmp_path: Path) -> None:
     """The tiny preset's decoder recipe (v-prediction, 2x2 stem, position embedding) at test size."""
     save_weights(tmp_path / "model", V_PATCH_CONFIG, {"clip": load_stage_state(clip_dir, "clip")})
@@ -182,7 +187,6 @@ def test_v_prediction_patch_decoder_short_run_lowers_held_loss(clip_dir: Path, t
 
 def test_assemble_combines_stages_trained_apart(tmp_path: Path) -> None:
     from cli.main import main
-
     from models.factory import create_stage_module
     from models.training.assemble import assemble
 
@@ -287,6 +291,7 @@ def test_cli_fractions_are_probabilities(flag: str, tmp_path: Path) -> None:
         main(["--stage", "decoder", "--steps", "1", flag, "1.5", "--out", str(tmp_path / "m")])
 
 
+@pytest.mark.slow
 def test_decoder_trains_data_parallel_in_two_replicas(clip_dir: Path, tmp_path: Path) -> None:
     """The real decoder task in two gloo replicas: one weights export by replica 0, with the
     examples of both and the replica count in its notes."""

@@ -11,6 +11,7 @@ import uuid
 from pathlib import Path
 
 import httpx
+import pytest
 
 from cli.main import build_parser, chosen_command
 from tests.conftest import TEST_REDIS_URL, free_port
@@ -48,6 +49,7 @@ def test_serve_without_redis_says_how_to_start_one() -> None:
     assert "redis-server --daemonize yes --port 6379" in output and "UNCLIP_REDIS_URL" in output
 
 
+@pytest.mark.slow  # serve starts an API and a worker process
 def test_serve_runs_api_and_worker(tmp_path: Path) -> None:
     port = free_port()
     env = {
@@ -90,6 +92,7 @@ def test_serve_runs_api_and_worker(tmp_path: Path) -> None:
     assert process.returncode == 0
 
 
+@pytest.mark.slow  # two uvicorn processes
 def test_api_with_several_processes_serves_merged_metrics(tmp_path: Path) -> None:
     port = free_port()
     env = {"UNCLIP_REDIS_URL": TEST_REDIS_URL, "UNCLIP_QUEUE": f"mp-{uuid.uuid4().hex[:8]}"}

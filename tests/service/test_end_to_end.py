@@ -28,6 +28,8 @@ from contract.settings import Settings
 from tests.conftest import TEST_REDIS_URL, free_port
 from tests.workers.harness import FAST, ApiServer, WorkerProcess, steps, wait_for, workers
 
+pytestmark = pytest.mark.slow  # a worker process and uvicorn for the module
+
 SECRET = "test-webhook-secret-" + "x" * 16
 
 

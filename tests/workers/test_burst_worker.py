@@ -8,7 +8,6 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-import torch
 from redis import Redis
 from rq.job import Job
 from rq.registry import FailedJobRegistry, FinishedJobRegistry, StartedJobRegistry
@@ -44,9 +43,10 @@ def settings(
     get_settings.cache_clear()
 
 
-def test_burst_worker_batches_compatible_jobs_with_honest_bookkeeping(settings: Settings) -> None:
-    redis = Redis.from_url(settings.redis_url)
-    store = JobStore(redis, settings)
+@pytest.mark.usefixtures("one_thread")  # as in the worker processes: the suite shares two cores
+def test_burst_worker_batches_compatible_jobs_with_honest_bookkeeping(
+    settings: Settings, redis: Redis, store: JobStore
+) -> None:
 
     def submit(prompt: str, **extra: object) -> str:
         request = GenerateRequest.model_validate({"prompt": prompt, "size": "64x64", **FAST, **extra})
@@ -57,12 +57,7 @@ def test_burst_worker_batches_compatible_jobs_with_honest_bookkeeping(settings: 
     broken = store.queue.enqueue_call(JOB_FUNC, kwargs={"request": {"prompt": ""}}).id
     name = f"{settings.queue}-burst-{uuid.uuid4().hex[:4]}"
 
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # as in the worker processes: the suite shares two cores
-    try:
-        assert run(burst=True, name=name) == 0
-    finally:
-        torch.set_num_threads(threads)
+    assert run(burst=True, name=name) == 0
 
     def job(job_id: str) -> Job:
         return Job.fetch(job_id, connection=redis, serializer=JSONSerializer)
@@ -87,4 +82,3 @@ def test_burst_worker_batches_compatible_jobs_with_honest_bookkeeping(settings: 
     counts = redis.hmget(f"rq:worker:{name}", ["successful_job_count", "failed_job_count"])
     assert [int(c or 0) for c in counts] == [len(batched) + 1, 1]
     assert not redis.exists(store.keys.owned(name))
-    redis.close()

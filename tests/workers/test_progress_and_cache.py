@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
-from pathlib import Path
+from collections.abc import Sequence
 
-import pytest
 import torch
 from redis import Redis
 from rq.job import Job
@@ -13,23 +11,10 @@ from rq.serializers import JSONSerializer
 
 from contract.jobs import JobStore
 from contract.schemas import GenerateRequest
-from contract.settings import Settings
 from models.clip import TextEncoding
 from workers.leases import Ownership
 from workers.progress import CancelWatch, ProgressWriter
 from workers.text_cache import TextEncodingCache, normalize_prompt
-
-
-@pytest.fixture
-def redis(redis_url: str) -> Iterator[Redis]:
-    client = Redis.from_url(redis_url)
-    yield client
-    client.close()
-
-
-@pytest.fixture
-def store(redis: Redis, queue_name: str, redis_url: str, tmp_path: Path) -> JobStore:
-    return JobStore(redis, Settings(redis_url=redis_url, queue=queue_name, storage_dir=tmp_path))
 
 
 class Clock:

@@ -7,7 +7,6 @@ kill -9 leaves behind.
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -28,18 +27,6 @@ from workers.leases import Lease, Ownership, Reaper
 @pytest.fixture
 def settings(redis_url: str, queue_name: str, tmp_path: Path) -> Settings:
     return Settings(redis_url=redis_url, queue=queue_name, storage_dir=tmp_path, lease_ttl_s=2)
-
-
-@pytest.fixture
-def redis(redis_url: str) -> Iterator[Redis]:
-    client = Redis.from_url(redis_url)
-    yield client
-    client.close()
-
-
-@pytest.fixture
-def store(redis: Redis, settings: Settings) -> JobStore:
-    return JobStore(redis, settings)
 
 
 class Finals:

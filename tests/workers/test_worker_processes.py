@@ -5,7 +5,6 @@ from __future__ import annotations
 import signal
 import time
 import uuid
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +17,8 @@ from contract.jobs import JobStore
 from contract.schemas import GenerateRequest
 from contract.settings import Settings
 from tests.workers.harness import WorkerProcess, steps, wait_for, workers
+
+pytestmark = pytest.mark.slow  # worker subprocesses, each loading the model
 
 SLOW = steps(30)  # long enough to kill a worker in the middle
 
@@ -36,13 +37,6 @@ def settings(redis_url: str, queue_name: str, tmp_path: Path) -> Settings:
     )
 
 
-@pytest.fixture
-def redis(redis_url: str) -> Iterator[Redis]:
-    client = Redis.from_url(redis_url)
-    yield client
-    client.close()
-
-
 def submit_many(store: JobStore, count: int, fields: dict[str, Any]) -> list[str]:
     return [
         store.submit_request(GenerateRequest(prompt=f"job {i}", size="64x64", seed=i, **fields)).job.id
@@ -59,8 +53,9 @@ def statuses(store: JobStore, job_ids: list[str]) -> list[RqStatus]:
     return [store.fetch(job_id).get_status() for job_id in job_ids]  # type: ignore[union-attr]
 
 
-def test_kill_9_mid_batch_loses_no_job(settings: Settings, redis: Redis, tmp_path: Path) -> None:
-    store = JobStore(redis, settings)
+def test_kill_9_mid_batch_loses_no_job(
+    settings: Settings, redis: Redis, store: JobStore, tmp_path: Path
+) -> None:
     names = [f"{settings.queue}-a", f"{settings.queue}-b"]
     with workers(settings, names, tmp_path, redis) as (first, second):
         job_ids = submit_many(store, 6, SLOW)  # two idle workers: each takes a batch
@@ -87,8 +82,9 @@ def test_kill_9_mid_batch_loses_no_job(settings: Settings, redis: Redis, tmp_pat
         assert store.live_workers() == 1
 
 
-def test_sigterm_finishes_the_batch_then_exits(settings: Settings, redis: Redis, tmp_path: Path) -> None:
-    store = JobStore(redis, settings)
+def test_sigterm_finishes_the_batch_then_exits(
+    settings: Settings, redis: Redis, store: JobStore, tmp_path: Path
+) -> None:
     worker = WorkerProcess(settings, f"{settings.queue}-{uuid.uuid4().hex[:4]}", tmp_path).wait_ready(redis)
     try:
         job_ids = submit_many(store, 3, steps(6))
