@@ -1,5 +1,6 @@
-"""The shapes world: attributes that can be told apart, determinism, renders that match their specs, captions that
-parse back, a fixed held-out set kept out of training, and the folder data source."""
+"""The shapes world: attributes that can be told apart, determinism, renders that match their
+specs, captions that parse back, a fixed held-out set kept out of training, and the folder data
+source."""
 
 from __future__ import annotations
 
