@@ -1,5 +1,5 @@
 """Names of our Redis keys: cancel flags, idempotency keys, worker leases and owned sets, the
-webhook outbox and the "final" markers (rq's own keys keep their ``rq:`` prefix)."""
+webhook outbox, the "final" markers and live previews (rq's own keys keep their ``rq:`` prefix)."""
 
 from __future__ import annotations
 
@@ -36,6 +36,14 @@ class Keys:
         """Per API key: another key's identical ``Idempotency-Key`` is another binding."""
         scoped = key if owner is None else f"{owner}\x00{key}"
         return f"{self.prefix}:idem:{hashlib.sha256(scoped.encode()).hexdigest()}"
+
+    def listening(self, job_id: str) -> str:
+        """Set (with a short expiry) while a client streams the job's events with previews: the
+        worker encodes previews only for jobs that have this key."""
+        return f"{self.prefix}:listen:{job_id}"
+
+    def preview(self, job_id: str) -> str:
+        return f"{self.prefix}:preview:{job_id}"  # the latest preview (JSON with a base64 PNG)
 
     def intermediate_seen(self, job_id: str) -> str:
         return f"{self.prefix}:limbo:{job_id}"

@@ -37,6 +37,9 @@ MIN_SIZE = 16  # smaller images say nothing; refuse rather than resize to a few 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 ProgressCallback = Callable[[str, int, int], None]
+# preview(stage, x̂_0): each step's prediction of the clean output, [N x 3 x H x W] in [-1, 1]
+# (or [N x D] image embeddings for the prior), by reference: copy what you keep.
+PreviewCallback = Callable[[str, torch.Tensor], None]
 CancelCheck = Callable[[], Collection[int]]
 
 
@@ -306,6 +309,7 @@ class UnclipPipeline:
         image_embeds: torch.Tensor | None = None,
         progress: ProgressCallback | None = None,
         canceled: CancelCheck | None = None,
+        preview: PreviewCallback | None = None,
     ) -> GenerationOutput:
         """Sample every request's images as one batch per stage.
 
@@ -313,7 +317,8 @@ class UnclipPipeline:
         step and the rows of canceled requests are dropped at the next stage boundary.
         ``image_embeds`` (``[len(requests) x D]``, unit norm) replaces the prior: each request is
         decoded from its given CLIP image embedding (the paper's image variations, Sec. 3.1, and
-        the evaluator's way to score the decoder apart from the prior).
+        the evaluator's way to score the decoder apart from the prior). ``preview`` is handed
+        every step's x̂_0 (live previews), except inside micro-batched upsamplers.
         """
         sampling = sampling or self.config.sampling
         chain = stages_for_size(size)
@@ -339,7 +344,7 @@ class UnclipPipeline:
                     if dropped >= set(range(len(requests))):
                         raise _AllCanceled
 
-            return on_step
+            return on_step if preview is None else _WithPreview(on_step, stage, preview)
 
         try:
             start = self._start_timer()
@@ -640,6 +645,21 @@ class UnclipPipeline:
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
         return time.perf_counter() - start
+
+
+class _WithPreview:
+    """A stage's step hook that also takes each step's x̂_0 (the samplers' ``report_step``)."""
+
+    def __init__(self, on_step: Callable[[int, int], None], stage: str, preview: PreviewCallback):
+        self.on_step = on_step
+        self.stage = stage
+        self.preview = preview
+
+    def __call__(self, step: int, total: int) -> None:
+        self.on_step(step, total)
+
+    def xstart(self, pred_xstart: torch.Tensor) -> None:
+        self.preview(self.stage, pred_xstart)
 
 
 def _resize(x: torch.Tensor, side: int) -> torch.Tensor:

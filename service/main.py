@@ -30,7 +30,7 @@ from service.middleware import (
 )
 from service.openai_errors import scope_openai_errors
 from service.rate_limits import RateLimitHeadersMiddleware, request_limiter
-from service.routes import generations, health, images, openai
+from service.routes import events, generations, health, images, openai
 
 log = logging.getLogger("unclip.api")
 
@@ -97,6 +97,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     install_error_handlers(app)
     app.include_router(generations.router, dependencies=AUTHENTICATED)
     app.include_router(images.router, dependencies=AUTHENTICATED)
+    app.include_router(events.router, dependencies=AUTHENTICATED)
     app.include_router(openai.router, dependencies=AUTHENTICATED)
     app.include_router(health.router)
     scope_openai_errors(app)  # last: under /v1, every handler's answer in OpenAI's shape

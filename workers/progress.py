@@ -2,7 +2,9 @@
 
 Both are called by the pipeline on every denoising step, so both are rate-limited: progress is
 written to every member's ``meta`` at most ``1 / min_interval_s`` times a second per batch (plus
-once at the end); cancel flags and ownership are read at most as often.
+once at the end); cancel flags and ownership are read at most as often. Live previews ride on the
+progress writes: each write also asks which jobs someone streams with previews (one EXISTS per
+job in the same round trip), and only those get a preview, at most as often.
 """
 
 from __future__ import annotations
@@ -10,6 +12,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING, Any
 
 from redis import Redis
 from redis.exceptions import RedisError
@@ -18,15 +21,26 @@ from rq.job import Job
 from contract.jobs import dump_meta
 from contract.keys import Keys
 from workers.leases import Ownership
+from workers.previews import preview_png, preview_record
+
+if TYPE_CHECKING:
+    import torch
 
 log = logging.getLogger("unclip.worker")
 
 Clock = Callable[[], float]
 
 
+PREVIEW_TTL_S = 60
+
+
 class ProgressWriter:
     """``progress(stage, step, total)`` → ``meta.progress`` of every job in the batch, with
-    ``fraction`` = diffusion steps done over the whole chain's steps (monotonic)."""
+    ``fraction`` = diffusion steps done over the whole chain's steps (monotonic).
+
+    With ``keys``, :meth:`preview` writes a job's x̂_0 as a PNG strip to ``keys.preview(id)``
+    while ``keys.listening(id)`` exists; ``rows`` are each job's rows of the batch, in order.
+    """
 
     def __init__(
         self,
@@ -36,9 +50,15 @@ class ProgressWriter:
         *,
         min_interval_s: float = 0.25,
         clock: Clock = time.monotonic,
+        keys: Keys | None = None,
+        rows: Sequence[range] | None = None,
     ):
         self.connection = connection
-        self.jobs = list(jobs)
+        self.keys = keys
+        self.jobs: list[Job] = []
+        self.rows: list[range] = []
+        self.listening: set[int] = set()  # indices of jobs someone streams with previews
+        self.follow(jobs, rows)
         # Per diffusion stage, in chain order: the steps of the stages before it.
         self.before: dict[str, int] = {}
         done = 0
@@ -49,8 +69,17 @@ class ProgressWriter:
         self.min_interval_s = min_interval_s
         self.clock = clock
         self._last_write = float("-inf")
+        self._last_preview = float("-inf")
         self._fraction = 0.0
+        self._progress: dict[str, Any] = {}
         self.writes = 0
+        self.previews = 0
+
+    def follow(self, jobs: Sequence[Job], rows: Sequence[range] | None = None) -> None:
+        """Write for ``jobs`` (the batch's members that go on), whose rows are ``rows``."""
+        self.jobs = list(jobs)
+        self.rows = list(rows or [])
+        self.listening = set()  # asked again at the next write
 
     def __call__(self, stage: str, step: int, total: int) -> None:
         before = self.before.get(stage)  # None for "clip" (no steps of its own)
@@ -58,6 +87,7 @@ class ProgressWriter:
             fraction = (before + min(step, total)) / self.total
             self._fraction = max(self._fraction, min(1.0, fraction))
         progress = {"stage": stage, "step": step, "total": total, "fraction": round(self._fraction, 4)}
+        self._progress = progress
         for job in self.jobs:
             job.meta["progress"] = progress
         now = self.clock()
@@ -71,11 +101,39 @@ class ProgressWriter:
             with self.connection.pipeline(transaction=False) as pipe:
                 for job in self.jobs:
                     pipe.hset(job.key, "meta", dump_meta(job.meta))
-                pipe.execute()
+                if self.keys is not None:
+                    for job in self.jobs:
+                        pipe.exists(self.keys.listening(job.id))
+                answers = pipe.execute()
         except RedisError as exc:
             log.warning("progress write failed: %s", exc)
             return
         self.writes += 1
+        if self.keys is not None:
+            self.listening = {i for i, flag in enumerate(answers[len(self.jobs) :]) if flag}
+
+    def preview(self, stage: str, pred_xstart: torch.Tensor) -> None:
+        """The pipeline's preview hook (every step): x̂_0 [N x 3 x H x W] of the listened-to jobs,
+        at most once per ``min_interval_s``. Returns at once when nobody listens, for the prior's
+        embeddings, and once rows were dropped (a member canceled: the rows no longer line up)."""
+        if not self.listening or self.keys is None or pred_xstart.ndim != 4 or not self.rows:
+            return
+        if pred_xstart.shape[0] != self.rows[-1].stop:
+            return
+        now = self.clock()
+        if now - self._last_preview < self.min_interval_s:
+            return
+        self._last_preview = now
+        self.previews += 1
+        try:
+            with self.connection.pipeline(transaction=False) as pipe:
+                for i in sorted(self.listening):
+                    png = preview_png(pred_xstart, self.rows[i])
+                    record = preview_record(png, self._progress, self.previews)
+                    pipe.set(self.keys.preview(self.jobs[i].id), record, ex=PREVIEW_TTL_S)
+                pipe.execute()
+        except RedisError as exc:
+            log.warning("preview write failed: %s", exc)
 
 
 class CancelWatch:

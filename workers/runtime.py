@@ -23,7 +23,7 @@ from workers.text_cache import TextEncodingCache
 
 if TYPE_CHECKING:
     from models.execution import ExecutionConfig
-    from models.pipeline import GenerationOutput, GenerationRequest, UnclipPipeline
+    from models.pipeline import GenerationOutput, GenerationRequest, PreviewCallback, UnclipPipeline
 
 log = logging.getLogger("unclip.worker")
 
@@ -108,6 +108,7 @@ class Runtime:
         *,
         progress: Callable[[str, int, int], None] | None = None,
         canceled: Callable[[], Collection[int]] | None = None,
+        preview: PreviewCallback | None = None,
     ) -> GenerationOutput:
         """One batch: text encodings through the cache, then the chain (READY → BUSY → READY)."""
         self._assert_state(RuntimeState.READY)
@@ -119,7 +120,7 @@ class Runtime:
             text = cache.encode([r.prompt for r in requests], pipeline.encode_text)
             encode_s = time.perf_counter() - started
             output = pipeline.generate(
-                requests, size, sampling, text=text, progress=progress, canceled=canceled
+                requests, size, sampling, text=text, progress=progress, canceled=canceled, preview=preview
             )
         except Exception as exc:
             self._set_state(RuntimeState.DEFUNCT if _is_fatal(exc) else RuntimeState.READY)

@@ -210,11 +210,11 @@ class BatchingWorker(BaseWorker):
         assert members[0].task is not None
         size, sampling = members[0].task.size, sampling_for(members[0].task, self.runtime.default_sampling)
         plan: dict[str, int] = {s: sampling.for_stage(s).steps for s in stages_for_size(size)}
-        progress = ProgressWriter(self.connection, [m.job for m in members], plan)
+        progress = ProgressWriter(self.connection, [m.job for m in members], plan, keys=self.store.keys)
         members = self._prepare(members, queue, sampling, progress)
         if not members:
             return
-        progress.jobs = [m.job for m in members]
+        progress.follow([m.job for m in members], _row_spans(members))
         requests = [r for m in members for r in m.requests]
         canceled = CancelWatch(self.connection, self.store.keys, self.ownership, [m.job.id for m in members])
         # The pipeline drops requests; a member (one job) may have several.
@@ -228,7 +228,12 @@ class BatchingWorker(BaseWorker):
         try:
             with self.death_penalty_class(timeout, JobTimeoutException, job_id=members[0].job.id):
                 output = self.runtime.generate(
-                    requests, size, sampling, progress=progress, canceled=canceled_requests
+                    requests,
+                    size,
+                    sampling,
+                    progress=progress,
+                    canceled=canceled_requests,
+                    preview=progress.preview,
                 )
         except Exception:
             exc_info = sys.exc_info()
@@ -438,3 +443,14 @@ def _member(job: Job) -> Member:
     except Exception:
         log.warning("job %s has an unreadable payload", job.id, exc_info=True)
         return Member(job, None)
+
+
+def _row_spans(members: Sequence[Member]) -> list[range]:
+    """Each member's rows of the batch (its requests' images, consecutive, in member order)."""
+    spans: list[range] = []
+    start = 0
+    for member in members:
+        count = sum(r.n for r in member.requests)
+        spans.append(range(start, start + count))
+        start += count
+    return spans

@@ -18,7 +18,7 @@ import torch
 
 from models.diffusion.gaussian import GaussianDiffusion, Model
 from models.diffusion.noise import RowNoise
-from models.diffusion.samplers import Callback, ddim_step, ddpm_step
+from models.diffusion.samplers import Callback, ddim_step, ddpm_step, report_step
 
 # One reverse step of a sampler: (index i, p_mean_variance's output at i) -> x_{i-1} [N x ...].
 MaskedStep = Callable[[int, dict[str, torch.Tensor]], torch.Tensor]
@@ -121,6 +121,5 @@ def repaint_sample_loop(
                 z = noise.randn(row_shape, x.device)
                 x = np.sqrt(alpha) * x_prev + np.sqrt(1 - alpha) * z
         x = x_prev
-        if callback is not None:
-            callback(done, total)
+        report_step(callback, done, total, mask * out["pred_xstart"] + (1 - mask) * known)
     return x

@@ -31,7 +31,9 @@ from models.diffusion.gaussian import GaussianDiffusion, Model
 from models.diffusion.noise import RowNoise
 
 SamplerName = Literal["ddpm", "ddim", "dpm++2m"]
-Callback = Callable[[int, int], None] | None  # callback(step, total) after each step, step = 1..total
+# callback(step, total) after each step, step = 1..total (and callback.xstart(x̂_0), if it has one:
+# report_step)
+Callback = Callable[[int, int], None] | None
 # One reverse step: (index i, x_i [N x ...], p_mean_variance's output at i) -> x_{i-1} [N x ...].
 Step = Callable[[int, torch.Tensor, dict[str, torch.Tensor]], torch.Tensor]
 
@@ -92,9 +94,20 @@ def _run(
         t = torch.full((x.shape[0],), i, dtype=torch.long, device=x.device)  # [N], every row at i
         out = diffusion.p_mean_variance(model, x, t, clip_denoised, model_kwargs)  # each [N x ...]
         x = step(i, x, out).to(dtype)  # [N x ...]
-        if callback is not None:
-            callback(done, total)
+        report_step(callback, done, total, out["pred_xstart"])
     return x
+
+
+def report_step(callback: Callback, done: int, total: int, pred_xstart: torch.Tensor) -> None:
+    """Tell ``callback`` that step ``done`` of ``total`` is done. A callback that also has an
+    ``xstart`` method (a live preview) is handed the step's x̂_0 [N x ...] as well, by reference,
+    never copied; plain functions get (step, total) only."""
+    if callback is None:
+        return
+    callback(done, total)
+    xstart = getattr(callback, "xstart", None)
+    if xstart is not None:
+        xstart(pred_xstart)
 
 
 # -- DDPM ---------------------------------------------------------------------------------------
