@@ -84,6 +84,14 @@ class Settings(BaseSettings):
     # -- HTTP ---------------------------------------------------------------------------------
     max_body_bytes: int = Field(default=64 * 1024, ge=1024)
     log_level: str = "INFO"
+    http_keep_alive_s: int = Field(
+        default=75,
+        ge=1,
+        le=3600,
+        description="how long the API keeps an idle connection open; longer than clients' and load "
+        "balancers' idle timeouts (httpx 5 s, AWS ALB 60 s), so the server is never the side that "
+        "closes a connection a client is reusing (a reset, seen by clients as a transport error)",
+    )
     # -- API keys, tenancy, limits (docs/operations.md) ---------------------------------------
     require_api_keys: bool = Field(
         default=True,

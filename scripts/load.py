@@ -4,10 +4,13 @@
     python scripts/load.py ... --burst 150      # 150 submits at once (over the queue limit)
 
 Each client submits 64x64 jobs one after another and polls each to its final state (a 429 is
-counted and retried after its Retry-After). Prints one JSON line: accepted, 429s, succeeded,
-failed, lost (accepted but not final at the end: must be 0), 5xx (must be 0), p50/p99 of queue
-wait (started - created) and end to end (finished - created), images/s, mean batch size.
-Bounded: at most --jobs submits and --deadline seconds; it stops by itself.
+counted and retried after its Retry-After). Every submit carries its own Idempotency-Key, so a
+submit whose answer was lost to a transport error (a reset connection, a timeout) is retried
+without making a second job; transport errors are counted, never fatal. Prints one JSON line:
+accepted, 429s, succeeded, failed, lost (accepted but not final at the end: must be 0), 5xx
+(must be 0), transport errors, p50/p99 of queue wait (started - created) and end to end
+(finished - created), images/s, mean batch size. Bounded: at most --jobs submits and --deadline
+seconds; it stops by itself.
 """
 
 from __future__ import annotations
@@ -17,12 +20,15 @@ import asyncio
 import json
 import statistics
 import time
+import uuid
+from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
 
 import httpx
 
 FINAL = {"succeeded", "failed", "canceled"}
+POLL_S = 0.25
 
 
 @dataclass
@@ -30,14 +36,36 @@ class Tally:
     accepted: int = 0
     rate_limited: int = 0
     server_errors: int = 0
+    transport_errors: Counter[str] = field(default_factory=Counter)  # by exception type
+    unanswered: int = 0  # submits that never got an answer before the deadline
     records: list[dict[str, Any]] = field(default_factory=list)
     lost: int = 0
 
 
-async def one_job(client: httpx.AsyncClient, tally: Tally, i: int, deadline: float, retry: bool) -> None:
+async def request(
+    client: httpx.AsyncClient, tally: Tally, deadline: float, method: str, url: str, **kwargs: Any
+) -> httpx.Response | None:
+    """One request, retried (counted) on transport errors until the deadline; None past it.
+    Only idempotent requests come here: GETs, and submits with an Idempotency-Key."""
+    while time.monotonic() < deadline:
+        try:
+            return await client.request(method, url, **kwargs)
+        except httpx.TransportError as error:
+            tally.transport_errors[type(error).__name__] += 1
+            await asyncio.sleep(POLL_S)
+    return None
+
+
+async def one_job(
+    client: httpx.AsyncClient, tally: Tally, i: int, deadline: float, retry: bool, run: str
+) -> None:
     body = {"prompt": f"a large red circle in the center, load {i}", "size": "64x64", "seed": i}
+    headers = {"Idempotency-Key": f"load-{run}-{i}"}
     while True:
-        response = await client.post("/generate", json=body)
+        response = await request(client, tally, deadline, "POST", "/generate", json=body, headers=headers)
+        if response is None:
+            tally.unanswered += 1
+            return
         if response.status_code >= 500:
             tally.server_errors += 1
             return
@@ -51,14 +79,20 @@ async def one_job(client: httpx.AsyncClient, tally: Tally, i: int, deadline: flo
         break
     tally.accepted += 1
     job_id = response.json()["id"]
-    while time.monotonic() < deadline:
-        record = await client.get(f"/jobs/{job_id}")
+    while True:
+        record = await request(client, tally, deadline, "GET", f"/jobs/{job_id}")
+        if record is None:
+            break
         if record.status_code >= 500:
             tally.server_errors += 1
-        elif record.json()["status"] in FINAL:
+        elif record.status_code == 429:  # the key's request rate: wait as told
+            tally.rate_limited += 1
+            await asyncio.sleep(float(record.headers.get("retry-after", "1")))
+            continue
+        elif record.raise_for_status().json()["status"] in FINAL:
             tally.records.append(record.json())
             return
-        await asyncio.sleep(0.25)
+        await asyncio.sleep(POLL_S)
     tally.lost += 1
 
 
@@ -68,15 +102,18 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
     deadline = time.monotonic() + args.deadline
     started = time.monotonic()
     limits = httpx.Limits(max_connections=max(args.clients, args.burst or 0) + 4)
+    run = uuid.uuid4().hex[:8]
     async with httpx.AsyncClient(base_url=args.url, headers=headers, timeout=30, limits=limits) as client:
         if args.burst:
-            await asyncio.gather(*(one_job(client, tally, i, deadline, False) for i in range(args.burst)))
+            await asyncio.gather(
+                *(one_job(client, tally, i, deadline, False, run) for i in range(args.burst))
+            )
         else:
             queue = iter(range(args.jobs))
 
             async def worker() -> None:
                 for i in queue:
-                    await one_job(client, tally, i, deadline, True)
+                    await one_job(client, tally, i, deadline, True, run)
 
             await asyncio.gather(*(worker() for _ in range(args.clients)))
     elapsed = time.monotonic() - started
@@ -104,6 +141,9 @@ def summary(tally: Tally, elapsed: float, args: argparse.Namespace) -> dict[str,
         "failed": sum(1 for r in tally.records if r["status"] != "succeeded"),
         "lost": tally.lost,
         "5xx": tally.server_errors,
+        "transport_errors": sum(tally.transport_errors.values()),
+        "transport_error_types": dict(tally.transport_errors),
+        "unanswered": tally.unanswered,
         "queue_wait_p50_s": pct(waits, 0.5),
         "queue_wait_p99_s": pct(waits, 0.99),
         "end_to_end_p50_s": pct(ends, 0.5),

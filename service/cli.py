@@ -42,10 +42,19 @@ def register(subparsers: Any) -> None:
 def run_api(args: argparse.Namespace) -> int:
     import uvicorn
 
+    from contract.settings import get_settings
+
     if args.workers > 1 and not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
         # Several processes answer /metrics: they must share their metric values through files.
         os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="unclip-prometheus-")
-    uvicorn.run("service.main:create_app", factory=True, host=args.host, port=args.port, workers=args.workers)
+    uvicorn.run(
+        "service.main:create_app",
+        factory=True,
+        host=args.host,
+        port=args.port,
+        workers=args.workers,
+        timeout_keep_alive=get_settings().http_keep_alive_s,
+    )
     return 0
 
 
@@ -74,7 +83,12 @@ def run_serve(args: argparse.Namespace) -> int:
     signal.signal(signal.SIGTERM, lambda signum, frame: None)
     threading.Thread(target=_watch, args=(worker,), daemon=True).start()
     try:
-        uvicorn.run(create_app(settings), host=args.host, port=args.port)
+        uvicorn.run(
+            create_app(settings),
+            host=args.host,
+            port=args.port,
+            timeout_keep_alive=settings.http_keep_alive_s,
+        )
     except KeyboardInterrupt:
         pass
     finally:

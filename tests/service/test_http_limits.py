@@ -7,7 +7,11 @@ from __future__ import annotations
 import asyncio
 import io
 import json
+import os
 import socket
+import subprocess
+import sys
+import time
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
@@ -20,7 +24,8 @@ from PIL import Image
 
 from contract.settings import Settings
 from service.main import create_app
-from tests.workers.harness import ApiServer
+from tests.conftest import free_port
+from tests.workers.harness import REPO, ApiServer, wait_for
 
 LIMIT_S = 0.5  # the request time limit of these tests (only ever waited for, never measured)
 ALLOWED = "https://app.example"
@@ -232,3 +237,70 @@ def test_the_part_limit_comes_from_the_setting(settings: Settings) -> None:
             multipart(server.url, "/variations", ["image"], [*fields, ("seed", "1")]), 413, "too_many_parts"
         )
         assert "at most 3 parts" in error["message"]
+
+
+# -- keep-alive ---------------------------------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_unclip_api_keeps_idle_connections_longer_than_clients_do(redis_url: str, tmp_path: Path) -> None:
+    """uvicorn's default closes a connection idle for 5 s, httpx's pool reuses one idle for up to
+    5 s: the server closed connections that clients were reusing (ReadError under load). `unclip
+    api` keeps them UNCLIP_HTTP_KEEP_ALIVE_S (75 s): one idle past 5 s still answers."""
+    port = free_port()
+    env = {
+        **os.environ,
+        "UNCLIP_REDIS_URL": redis_url,
+        "UNCLIP_REQUIRE_API_KEYS": "false",
+        "UNCLIP_STORAGE_DIR": str(tmp_path),
+        "PYTHONPATH": str(REPO),
+    }
+    log = (tmp_path / "api.log").open("wb")
+    api = subprocess.Popen(
+        [sys.executable, "-m", "service.cli", "api", "--port", str(port)],
+        cwd=REPO,
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
+    try:
+        url = f"http://127.0.0.1:{port}"
+        wait_for(lambda: _answers(url), 60, 0.2, "unclip api to start")
+        with socket.create_connection(("127.0.0.1", port), timeout=30) as sock:
+            ask = b"GET /healthz HTTP/1.1\r\nHost: test\r\n\r\n"
+            sock.sendall(ask)
+            assert read_response(sock).startswith(b"HTTP/1.1 200")
+            time.sleep(6)  # idle past uvicorn's default keep-alive (5 s)
+            sock.sendall(ask)
+            assert read_response(sock).startswith(b"HTTP/1.1 200")
+    finally:
+        api.terminate()
+        api.wait(30)
+        log.close()
+
+
+def read_response(sock: socket.socket) -> bytes:
+    """One whole response of a kept-alive connection (its body has a Content-Length); b"" when
+    the server closed the connection."""
+    data = b""
+    while b"\r\n\r\n" not in data:
+        chunk = sock.recv(65536)
+        if not chunk:
+            return data
+        data += chunk
+    head, _, body = data.partition(b"\r\n\r\n")
+    length = next(
+        int(line.split(b":", 1)[1])
+        for line in head.split(b"\r\n")
+        if line.lower().startswith(b"content-length:")
+    )
+    while len(body) < length:
+        body += sock.recv(65536)
+    return head + b"\r\n\r\n" + body
+
+
+def _answers(url: str) -> bool:
+    try:
+        return httpx.get(f"{url}/healthz", timeout=5).status_code == 200
+    except httpx.TransportError:
+        return False
