@@ -322,7 +322,8 @@ class JobStore:
         return job
 
     def render(self, job: Job, base_url: str = "") -> JobStatusResponse:
-        """The public record of ``job``; image URLs are absolute when ``base_url`` is given."""
+        """The public record of ``job``; image and animation URLs are signed (fetchable without
+        the key until they expire) and absolute when ``base_url`` is given."""
         status = public_status(job)
         meta: dict[str, Any] = job.meta
         request = GenerationTask.from_job(job).request
@@ -346,7 +347,7 @@ class JobStore:
             params=JobParams(**request.model_dump(mode="json"))
             if isinstance(request, GenerateRequest)
             else request,
-            animation=f"{base_url.rstrip('/')}/jobs/{job.id}/animation.{meta['animation']}"
+            animation=base_url.rstrip("/") + self.signer.sign(f"/jobs/{job.id}/animation.{meta['animation']}")
             if images and meta.get("animation")
             else None,
             queue_position=position + 1 if position is not None else None,

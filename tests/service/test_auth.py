@@ -211,3 +211,42 @@ def test_health_and_metrics_need_no_key(client: TestClient) -> None:
     assert client.get("/healthz").status_code == 200
     assert client.get("/readyz").status_code == 503  # no worker, but not 401
     assert client.get("/metrics").status_code == 200
+
+
+def test_the_animation_url_is_signed_like_the_images(
+    client: TestClient, keys: ApiKeyStore, redis: Redis, settings: Settings
+) -> None:
+    alice, _ = keys.create("alice")
+    form = {"prompt_a": "a red circle", "prompt_b": "a blue square", "steps": "2", "size": "64x64"}
+    response = client.post(
+        "/interpolations", data=form, files={"animation": (None, "gif")}, headers=bearer(alice)
+    )
+    assert response.status_code == 202, response.text
+    job_id = response.json()["id"]
+    # What a worker leaves behind: two frames and the GIF of them.
+    job = JobStore(redis, settings).fetch(job_id)
+    assert job is not None
+    expires_at = time.time() + 600
+    storage = LocalImageStorage(settings.storage_dir)
+    for k in range(2):
+        storage.put(job_id, k, b"\x89PNG fake", expires_at)
+    storage.put_file(job_id, "animation.gif", b"GIF89a fake", expires_at)
+    job.meta.update(images=2, animation="gif", expires_at=expires_at, finished_at=time.time())
+    job.save_meta()  # type: ignore[no-untyped-call]
+    job.set_status("finished")  # type: ignore[arg-type]
+
+    url = client.get(f"/jobs/{job_id}", headers=bearer(alice)).json()["animation"]
+    assert f"/jobs/{job_id}/animation.gif?expires=" in url and "&sig=" in url
+    response = client.get(url)  # no key
+    assert response.status_code == 200 and response.content == b"GIF89a fake"
+    assert response.headers["content-type"] == "image/gif"
+    path = f"/jobs/{job_id}/animation.gif"
+    assert error_code(client.get(path)) == "missing_api_key"  # unsigned, without a key
+    assert (
+        error_code(client.get(url[:-3] + ("AAA" if not url.endswith("AAA") else "BBB")))
+        == "invalid_signature"
+    )
+    image_url = client.get(f"/jobs/{job_id}", headers=bearer(alice)).json()["images"][0]["url"]
+    assert error_code(client.get(path + "?" + image_url.split("?")[1])) == "invalid_signature"
+    stale = load_signer(redis, settings).sign(path, now=time.time() - settings.signed_url_ttl_s - 5)
+    assert error_code(client.get(stale)) == "url_expired"
