@@ -46,12 +46,12 @@ RESULTS = Path(__file__).parent / "results"
 VARIANTS: dict[str, ExecutionConfig] = {
     "baseline": BASELINE,
     "default": ExecutionConfig(),
+    "fp32": replace(ExecutionConfig(), autocast="off"),
     "fused-off": replace(ExecutionConfig(), fused_attention=False),
     "no-micro-batch": replace(ExecutionConfig(), micro_batch_sr256=0, micro_batch_sr1024=0),
-    "channels_last": replace(ExecutionConfig(), channels_last=True),
-    "bf16-sr": replace(ExecutionConfig(), autocast="bfloat16"),
-    "bf16-all": replace(ExecutionConfig(), autocast="bfloat16", autocast_stages=UNET_STAGES),
-    "channels_last+bf16-sr": replace(ExecutionConfig(), channels_last=True, autocast="bfloat16"),
+    "nchw": replace(ExecutionConfig(), channels_last=False),
+    "nchw-fp32": replace(ExecutionConfig(), channels_last=False, autocast="off"),
+    "bf16-all": replace(ExecutionConfig(), autocast_stages=UNET_STAGES),
     "compile": replace(ExecutionConfig(), compile=True),
 }
 PEER_STAGES = {
@@ -442,7 +442,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--forward-repeats", type=int, default=5, help="timed forwards per network and batch")
     p.add_argument("--warmup", type=int, default=1)
     p.add_argument("--steps", type=int, default=None, help="override every stage's steps")
-    p.add_argument("--variants", nargs="+", default=["baseline", "default"], choices=sorted(VARIANTS))
+    p.add_argument("--variants", nargs="+", default=["baseline", "fp32", "default"], choices=sorted(VARIANTS))
     p.add_argument(
         "--dtype",
         choices=["float32", "bfloat16"],

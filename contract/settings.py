@@ -43,9 +43,9 @@ class Settings(BaseSettings):
     text_cache_size: int = Field(default=1024, ge=0, description="in-process LRU entries (0 disables)")
     # -- speed: the fast path's switches (models/execution.py; `make bench` measures each) -----
     fused_attention: bool = Field(default=True, description="UNet attention on tokens (fused SDPA kernel)")
-    channels_last: bool = Field(default=False, description="UNet weights and activations in NHWC")
+    channels_last: bool = Field(default=True, description="UNet weights and activations in NHWC")
     autocast: Literal["off", "bfloat16"] = Field(
-        default="off", description="bfloat16 autocast of autocast_stages where the device has bf16"
+        default="bfloat16", description="bfloat16 autocast of autocast_stages where the device has bf16"
     )
     autocast_stages: tuple[Literal["decoder", "sr256", "sr1024"], ...] = ("sr256", "sr1024")
     compile_unets: bool = Field(

@@ -3,8 +3,9 @@
 Every switch here changes speed, not the model: the same weights and the same sampling give the
 same images within a measured tolerance (``tests/models/test_fast_path.py``), and with a switch
 off the code it guards runs exactly as before it existed (bit-identical). ``bench.compare``
-measures what each one buys; the defaults are the ones that measured fastest on our CPUs
-(docs/benchmark.md).
+measures what each one buys; the defaults are the ones that measured fastest on our CPUs with
+``unclip evaluate``'s adherence unchanged (docs/benchmark.md). bf16 autocast applies only where
+the device computes in bf16 natively, so elsewhere the default runs in float32.
 
 - ``fused_attention``: the UNet's attention works on tokens, so q/k/v reach
   ``scaled_dot_product_attention`` with unit last stride and its fused (flash) kernel runs; the
@@ -40,8 +41,8 @@ class ExecutionConfig:
     """The fast path's switches (see the module docstring); the defaults are the measured best."""
 
     fused_attention: bool = True
-    channels_last: bool = False
-    autocast: AutocastMode = "off"
+    channels_last: bool = True
+    autocast: AutocastMode = "bfloat16"
     autocast_stages: tuple[StageName, ...] = ("sr256", "sr1024")
     compile: bool = False
     cuda_graphs: bool = False
@@ -64,7 +65,9 @@ class ExecutionConfig:
 
 
 # Every switch off: the code as it ran before the fast path existed.
-BASELINE = ExecutionConfig(fused_attention=False, micro_batch_sr256=0, micro_batch_sr1024=0)
+BASELINE = ExecutionConfig(
+    fused_attention=False, channels_last=False, autocast="off", micro_batch_sr256=0, micro_batch_sr1024=0
+)
 
 
 def bf16_supported(device: torch.device) -> bool:
@@ -72,8 +75,9 @@ def bf16_supported(device: torch.device) -> bool:
     CPU; Ampere or newer on CUDA)."""
     if device.type == "cuda":
         return bool(torch.cuda.is_available() and torch.cuda.is_bf16_supported())
-    if device.type == "cpu":
-        return bool(torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    if device.type == "cpu":  # native bf16 only: oneDNN emulates it on plain AVX-512, slower than fp32
+        cpu = torch.cpu
+        return bool(cpu._is_avx512_bf16_supported() or cpu._is_amx_tile_supported())
     return False
 
 
