@@ -30,7 +30,7 @@ from service.middleware import (
 )
 from service.openai_errors import scope_openai_errors
 from service.rate_limits import RateLimitHeadersMiddleware, request_limiter
-from service.routes import events, generations, health, images, openai
+from service.routes import events, generations, health, images, openai, playground
 
 log = logging.getLogger("unclip.api")
 
@@ -100,5 +100,6 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(events.router, dependencies=AUTHENTICATED)
     app.include_router(openai.router, dependencies=AUTHENTICATED)
     app.include_router(health.router)
+    app.include_router(playground.router)  # the page is public; what it calls needs a key
     scope_openai_errors(app)  # last: under /v1, every handler's answer in OpenAI's shape
     return app
