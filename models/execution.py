@@ -30,6 +30,7 @@ import torch
 from torch import nn
 
 from models.configs import StageName
+from models.nn import GroupNorm32
 from models.unet import AttentionBlock
 
 AutocastMode = Literal["off", "bfloat16"]
@@ -163,6 +164,9 @@ def prepare_network(
     set_fused_attention(network, config.fused_attention)
     if stage not in UNET_STAGES:
         return network
+    for norm in network.modules():
+        if isinstance(norm, GroupNorm32):  # bf16 in, float32 accumulation, no upcast copies
+            norm.upcast = config.autocast_dtype(stage, device) is None or device.type != "cpu"
     if config.channels_last:
         network.to(memory_format=torch.channels_last)
     graphs = config.cuda_graphs and device.type == "cuda"
