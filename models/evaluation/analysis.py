@@ -109,7 +109,7 @@ def largest_component(mask: np.ndarray) -> np.ndarray:
 
 
 # -- the analysis ----------------------------------------------------------------------------------
-def _prepare(image: np.ndarray) -> np.ndarray:
+def prepare(image: np.ndarray) -> np.ndarray:
     """float32 ``[S x S x 3]``, box-filtered to at most :data:`ANALYSIS_SIDE`."""
     image = np.asarray(image)
     if image.ndim != 3 or image.shape[2] < 3 or image.shape[0] != image.shape[1]:
@@ -141,7 +141,7 @@ def _position(cx: float, cy: float) -> str:
 
 
 @functools.lru_cache(maxsize=8)
-def _unit_moments(shape: str) -> tuple[float, float, float]:
+def unit_moments(shape: str) -> tuple[float, float, float]:
     """Area and centroid (x, y) of ``shape`` in its unit box centred at the origin (shoelace)."""
     x, y = unit_outline(shape).T
     xn, yn = np.roll(x, -1), np.roll(y, -1)
@@ -212,7 +212,7 @@ def _fits(
     mean_x, mean_y = float((alpha * xs).sum() / total), float((alpha * ys).sum() / total)
     fits: dict[str, list[tuple[float, float, float]]] = {}
     for shape in SHAPES:
-        area, off_x, off_y = _unit_moments(shape)
+        area, off_x, off_y = unit_moments(shape)
         side = (total / area) ** 0.5
         fits[shape] = [
             (extent, (x0 + x1) / 2, (y0 + y1) / 2),
@@ -242,17 +242,32 @@ def _shape(alpha: np.ndarray, box: tuple[int, int, int, int]) -> str:
     return SHAPES[int(np.argmin(errors))]
 
 
-def analyze(image: np.ndarray) -> ImageAnalysis:
-    """Background and object attributes of a uint8 ``[H x W x 3]`` image of the shapes world."""
-    pixels = _prepare(image)  # [S x S x 3]
+@dataclass(frozen=True)
+class FoundObject:
+    """The object :func:`find_object` found, in the analysed image (side ``S``, see :func:`prepare`).
+
+    ``alpha`` is the object's coverage (step 3), zero beyond 2 pixels of ``box``; ``mask`` is the
+    largest component of ``alpha > 0.5``; ``box`` is its bounding box (x0, y0, x1, y1), exclusive.
+    """
+
+    color: np.ndarray  # [3] float32: the object's RGB (step 2)
+    alpha: np.ndarray  # [S x S] float32 in [0, 1]
+    mask: np.ndarray  # [S x S] bool
+    box: tuple[int, int, int, int]
+
+
+def find_object(image: np.ndarray) -> tuple[int, FoundObject | None]:
+    """Steps 1-3 on a uint8 ``[H x W x 3]`` image: the background's index in :data:`BACKGROUNDS`
+    and the object, or ``None`` when there is none (nothing distinct from the background, or a box
+    side outside [:data:`MIN_SIDE`, :data:`MAX_SIDE`] of the canvas)."""
+    pixels = prepare(image)  # [S x S x 3]
     side = pixels.shape[0]
     b = _background(pixels)
     background = _BACKGROUND_RGB[b]
     distance = np.linalg.norm(pixels - background, axis=-1)  # [S x S]
     component = largest_component(distance > MIN_CONTRAST)
-    lost = ImageAnalysis(_BACKGROUND_NAMES[b], None, None, None, None, found=False)
     if not component.any():
-        return lost
+        return b, None
     inside = distance[component]
     core = pixels[component][
         inside >= np.quantile(inside, CORE_QUANTILE)
@@ -262,20 +277,30 @@ def analyze(image: np.ndarray) -> ImageAnalysis:
     alpha = np.clip((pixels - background) @ direction / max(float(direction @ direction), 1e-6), 0.0, 1.0)
     mask = largest_component(alpha > 0.5)
     if not mask.any():
-        return lost
+        return b, None
     rows, cols = np.nonzero(mask)
-    box = (cols.min(), rows.min(), cols.max() + 1, rows.max() + 1)  # x0, y0, x1, y1 (exclusive)
+    box = (int(cols.min()), int(rows.min()), int(cols.max()) + 1, int(rows.max()) + 1)  # x0, y0, x1, y1
     extent = max(box[2] - box[0], box[3] - box[1]) / side
     if not MIN_SIDE <= extent <= MAX_SIDE:
-        return lost
+        return b, None
     near = np.zeros_like(mask)
     near[max(0, box[1] - 2) : box[3] + 2, max(0, box[0] - 2) : box[2] + 2] = True
-    alpha = np.where(near, alpha, 0.0)
-    nearest_color = int(np.argmin(((color - _COLOR_RGB) ** 2).sum(-1)))
+    return b, FoundObject(color=color, alpha=np.where(near, alpha, 0.0), mask=mask, box=box)
+
+
+def analyze(image: np.ndarray) -> ImageAnalysis:
+    """Background and object attributes of a uint8 ``[H x W x 3]`` image of the shapes world."""
+    b, found = find_object(image)
+    if found is None:
+        return ImageAnalysis(_BACKGROUND_NAMES[b], None, None, None, None, found=False)
+    side = found.alpha.shape[0]
+    box = found.box
+    extent = max(box[2] - box[0], box[3] - box[1]) / side
+    nearest_color = int(np.argmin(((found.color - _COLOR_RGB) ** 2).sum(-1)))
     return ImageAnalysis(
         background=_BACKGROUND_NAMES[b],
         color=_COLOR_NAMES[nearest_color],
-        shape=_shape(alpha, box),
+        shape=_shape(found.alpha, box),
         size="small" if extent < SIZE_THRESHOLD else "large",
         position=_position((box[0] + box[2]) / 2 / side, (box[1] + box[3]) / 2 / side),
         found=True,

@@ -1,4 +1,5 @@
-"""``unclip evaluate``: score a model on the held-out prompts; write grid.png, report.json, report.md."""
+"""``unclip evaluate``: score a model on the held-out prompts; write grid.png, report.json, report.md
+and shape_fidelity_worst.png."""
 
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ from models.sampling_args import add_sampling_arguments, sampling_from_args
 def register(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser(
         "evaluate",
-        help="prompt adherence, CLIP R-precision and CLIP-FID on the held-out prompts",
+        help="prompt adherence, shape fidelity, CLIP R-precision and CLIP-FID on the held-out prompts",
         description="Generate the held-out prompts (one image each, prompt i with seed SEED+i) and score them.",
     )
     p.add_argument(
@@ -25,7 +26,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--device", default="cpu", help="cpu or cuda")
     p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
     p.add_argument(
-        "--out", type=Path, default=Path("out/evaluate"), help="writes grid.png, report.json, report.md"
+        "--out",
+        type=Path,
+        default=Path("out/evaluate"),
+        help="writes grid.png, report.json, report.md and shape_fidelity_worst.png",
     )
     p.add_argument(
         "--image-embeddings",
@@ -63,5 +67,7 @@ def run(args: argparse.Namespace) -> int:
         image_embeddings=args.image_embeddings,
     )
     print(report.to_markdown())
-    print(f"wrote {args.out / 'grid.png'}, report.json and report.md", file=sys.stderr)
+    print(
+        f"wrote {args.out / 'grid.png'}, report.json, report.md and shape_fidelity_worst.png", file=sys.stderr
+    )
     return 0

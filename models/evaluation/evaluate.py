@@ -7,7 +7,10 @@ Three measures, as the shapes-world issue asks:
 - CLIP R-precision with our CLIP (:func:`models.evaluation.metrics.clip_r_precision`, the true
   prompt among all ``n`` held-out prompts);
 - an FID-style distance between generated and rendered held-out images in our CLIP's
-  image-embedding space (:func:`models.evaluation.metrics.frechet_distance`).
+  image-embedding space (:func:`models.evaluation.metrics.frechet_distance`);
+
+and shape fidelity (:mod:`models.evaluation.fidelity`): the IoU of each object with the asked shape
+drawn in its own box, per asked shape, with the worst images of each shape in a grid.
 
 Prompt ``i`` of the held-out set is generated once with seed ``seed + i``, so a report does not
 depend on the batch size.
@@ -33,6 +36,7 @@ from tqdm import tqdm
 
 from models.configs import SamplingConfig
 from models.data.shapes import ShapesWorld, parse_caption
+from models.evaluation.fidelity import WORST_IMAGES, ShapeFidelity, draw_fit, shape_fidelity, summarize
 from models.evaluation.grid import save_grid
 from models.evaluation.metrics import BAR_ATTRIBUTES, adherence, clip_r_precision, frechet_distance
 from models.pipeline import GenerationRequest, UnclipPipeline
@@ -41,6 +45,7 @@ from models.pipeline import GenerationRequest, UnclipPipeline
 BAR: dict[str, float] = {"color": 0.95, "shape": 0.90, "size": 0.90, "position": 0.90}
 HELDOUT_SEED = 0  # the world seed whose held-out set is the evaluation set
 GRID_IMAGES = 32
+FIDELITY_GRID = "shape_fidelity_worst.png"  # the worst images per asked shape, next to the report
 EMBED_BATCH = 16
 ImageEmbeddings = Literal["prior", "rendered"]
 
@@ -66,6 +71,8 @@ class EvaluationReport:
     grid: str | None = None
     meta: dict[str, Any] = field(default_factory=dict)
     shape_confusion: dict[str, dict[str, int]] = field(default_factory=dict)  # asked -> read -> images
+    # IoU with the asked shape drawn in the object's own box: see fidelity_section()
+    shape_fidelity: dict[str, Any] = field(default_factory=dict)
 
     def stage_seconds_per_image(self) -> dict[str, float]:
         return {stage: seconds / self.n for stage, seconds in self.stage_seconds.items()}
@@ -119,7 +126,40 @@ class EvaluationReport:
             ]
             for asked, row in self.shape_confusion.items():
                 lines.append(f"| {asked} | {' | '.join(str(row[name]) for name in read_as)} |")
+        if self.shape_fidelity:
+            lines += ["", *self._fidelity_markdown()]
         return "\n".join(lines) + "\n"
+
+    def _fidelity_markdown(self) -> list[str]:
+        """The shape-fidelity table, with the analyser's reading of the same images beside it,
+        and the worst images of each asked shape."""
+        fidelity = self.shape_fidelity
+        lines = [
+            "Shape fidelity: IoU of the object with the asked shape drawn in its own box; "
+            "best match: the asked shape fits better than every other shape.",
+            "",
+            "| asked shape | images | mean IoU | best match | analyser reads it |",
+            "|---|---:|---:|---:|---:|",
+        ]
+        for shape, row in fidelity["per_shape"].items():
+            read = self.shape_confusion.get(shape, {})
+            analyser = f"{read[shape] / sum(read.values()):.1%}" if read else "–"
+            lines.append(
+                f"| {shape} | {row['n']} | {row['mean_iou']:.3f} | {row['best_match']:.1%} | {analyser} |"
+            )
+        analyser_all = f"{self.accuracy['shape']:.1%}" if "shape" in self.accuracy else "–"
+        lines += [
+            f"| **all** | {fidelity['n']} | {fidelity['mean_iou']:.3f} | {fidelity['best_match']:.1%} "
+            f"| {analyser_all} |",
+            "",
+            f"Worst images per asked shape (lowest IoU with it; prompt index, IoU, best match)"
+            f"{': ' + Path(fidelity['grid']).name if fidelity.get('grid') else ''}",
+            "",
+        ]
+        for shape, worst in fidelity["worst"].items():
+            listed = ", ".join(f"#{w['index']} {w['iou']:.2f} ({w['best']})" for w in worst)
+            lines.append(f"- {shape}: {listed}")
+        return lines
 
 
 def to_model_input(images: Sequence[np.ndarray]) -> torch.Tensor:
@@ -205,7 +245,8 @@ def evaluate(
     """Generate the first ``n`` held-out prompts at ``size`` and score them.
 
     ``sampling`` defaults to the model's own defaults. With ``out_dir``, writes ``grid.png`` (the
-    first :data:`GRID_IMAGES` images, captioned), ``report.json`` and ``report.md`` there.
+    first :data:`GRID_IMAGES` images, captioned), :data:`FIDELITY_GRID` (the worst images per asked
+    shape), ``report.json`` and ``report.md`` there.
     ``image_embeddings="rendered"`` decodes from the renders' CLIP embeddings instead of the prior's.
     """
     if n < 2:
@@ -245,6 +286,7 @@ def evaluate(
         image_embeddings=image_embeddings,
         meta={"seed": seed, "batch_size": batch_size, "heldout_seed": HELDOUT_SEED},
         shape_confusion=adherence_report.shape_confusion,
+        shape_fidelity=fidelity_section([shape_fidelity(image) for image in images], prompts),
     )
     if out_dir is not None:
         write_outputs(report, images, prompts, Path(out_dir))
@@ -264,12 +306,72 @@ def _heldout(world_seed: int, n: int, size: int) -> tuple[Any, ...]:
     return tuple(ShapesWorld(world_seed).heldout(n, size))
 
 
+def fidelity_section(results: Sequence[ShapeFidelity], prompts: Sequence[str]) -> dict[str, Any]:
+    """The report's shape-fidelity section, as plain data: over the images whose prompt names a
+    shape, ``n``, ``mean_iou`` (with the asked shape) and ``best_match`` (the fraction whose best
+    match is the asked shape); the same per asked shape (``per_shape``); the :data:`WORST_IMAGES`
+    lowest-IoU images of each asked shape (``worst``: index, prompt, IoU, best match, and where the
+    shape was drawn: side, centre x, centre y in pixels of the analysed image); and every image's
+    IoU with each shape (``per_image``)."""
+    asked = [parse_caption(prompt).shape for prompt in prompts]
+    summary = summarize(results, asked, WORST_IMAGES)
+    return {
+        "n": summary.n,
+        "mean_iou": summary.mean_iou,
+        "best_match": summary.best_match,
+        "per_shape": summary.per_shape,
+        "worst": {
+            shape: [
+                {
+                    "index": i,
+                    "prompt": prompts[i],
+                    "iou": results[i].iou[shape],
+                    "best": results[i].best,
+                    "fit": results[i].fits.get(shape),
+                }
+                for i in indices
+            ]
+            for shape, indices in summary.worst.items()
+        },
+        "per_image": [
+            {"asked": shape, "best": r.best, "iou": {k: round(v, 4) for k, v in r.iou.items()}}
+            for r, shape in zip(results, asked, strict=True)
+        ],
+        "grid": None,
+    }
+
+
+def save_fidelity_grid(fidelity: dict[str, Any], images: Sequence[np.ndarray], path: Path) -> Path | None:
+    """The worst images of each asked shape, one row per shape (blank tiles where a shape has
+    fewer): each object close up with the asked shape's outline drawn where it was fitted
+    (:func:`~models.evaluation.fidelity.draw_fit`), captioned with prompt index, asked shape, IoU
+    and best match. ``None`` when there are none."""
+    worst = fidelity.get("worst") or {}
+    if not worst:
+        return None
+    blank = np.full_like(draw_fit(images[0], "circle", None), 255)
+    tiles, captions = [], []
+    for shape, rows in worst.items():
+        for k in range(WORST_IMAGES):
+            if k < len(rows):
+                row = rows[k]
+                tiles.append(draw_fit(images[row["index"]], shape, row["fit"]))
+                captions.append(f"#{row['index']} {shape}: IoU {row['iou']:.2f}, best {row['best']}")
+            else:
+                tiles.append(blank)
+                captions.append("")
+    return save_grid(tiles, captions, path, columns=WORST_IMAGES)
+
+
 def write_outputs(
     report: EvaluationReport, images: list[np.ndarray], prompts: list[str], out_dir: Path
 ) -> None:
-    """``grid.png``, ``report.json`` and ``report.md`` under ``out_dir``."""
+    """``grid.png``, ``report.json``, ``report.md`` and the shape-fidelity grid under ``out_dir``."""
     out_dir.mkdir(parents=True, exist_ok=True)
     count = min(GRID_IMAGES, len(images))
     report.grid = str(save_grid(images[:count], prompts[:count], out_dir / "grid.png"))
+    if report.shape_fidelity:
+        worst_grid = save_fidelity_grid(report.shape_fidelity, images, out_dir / FIDELITY_GRID)
+        report.shape_fidelity["grid"] = str(worst_grid) if worst_grid else None
     (out_dir / "report.json").write_text(report.to_json() + "\n", encoding="utf-8")
     (out_dir / "report.md").write_text(report.to_markdown(), encoding="utf-8")

@@ -204,6 +204,60 @@ def test_evaluate_end_to_end_random_tiny(tmp_path: Path) -> None:
     data = json.loads((tmp_path / "report.json").read_text())
     assert data["n"] == 4 and "passes_bar" in data
     assert "R-precision" in (tmp_path / "report.md").read_text()
+    # Shape fidelity: every held-out prompt names a shape, so all 4 images count.
+    fidelity = data["shape_fidelity"]
+    assert fidelity["n"] == 4 and len(fidelity["per_image"]) == 4
+    assert 0.0 <= fidelity["mean_iou"] <= 1.0 and 0.0 <= fidelity["best_match"] <= 1.0
+    assert sum(row["n"] for row in fidelity["per_shape"].values()) == 4
+    assert Path(fidelity["grid"]).name == "shape_fidelity_worst.png" and Path(fidelity["grid"]).exists()
+    assert "Shape fidelity" in (tmp_path / "report.md").read_text()
+
+
+def test_fidelity_section_of_renders(heldout: list, tmp_path: Path) -> None:
+    """The report's shape-fidelity section on ground-truth renders (no model): every image matches
+    its asked shape best with an IoU near 1, the markdown has a row per asked shape and the grid a
+    row of worst images per asked shape."""
+    from models.evaluation.evaluate import FIDELITY_GRID, EvaluationReport, fidelity_section, write_outputs
+    from models.evaluation.fidelity import TILE, WORST_IMAGES, shape_fidelity
+
+    examples = heldout[:12]
+    images, prompts = [example.image for example in examples], [example.caption for example in examples]
+    section = fidelity_section([shape_fidelity(image) for image in images], prompts)
+    assert section["n"] == 12 and section["best_match"] == 1.0 and section["mean_iou"] >= 0.99
+    asked = {parse_caption(prompt).shape for prompt in prompts}
+    assert set(section["per_shape"]) == set(section["worst"]) == asked
+    for shape, rows in section["worst"].items():
+        assert [row["iou"] for row in rows] == sorted(row["iou"] for row in rows)
+        assert all(parse_caption(row["prompt"]).shape == shape and len(row["fit"]) == 3 for row in rows)
+    adherence_report = adherence(images, _asked(examples))
+    report = EvaluationReport(
+        model_id="renders",
+        n=12,
+        size=256,
+        sampling={},
+        accuracy=adherence_report.accuracy,
+        asked=adherence_report.asked,
+        all_four=adherence_report.all_four,
+        r_precision=1.0,
+        clip_fid=0.0,
+        reference_fid=0.0,
+        seconds_per_image=0.0,
+        stage_seconds={},
+        shape_confusion=adherence_report.shape_confusion,
+        shape_fidelity=section,
+    )
+    write_outputs(report, images, prompts, tmp_path)
+    grid = Image.open(tmp_path / FIDELITY_GRID)
+    assert grid.size[0] == WORST_IMAGES * (TILE + 4) + 4 and grid.size[1] > len(asked) * (TILE + 4)
+    markdown = (tmp_path / "report.md").read_text()
+    assert FIDELITY_GRID in markdown
+    for shape in asked:
+        assert any(
+            line.startswith(f"| {shape} |") and "100.0% | 100.0% |" in line for line in markdown.splitlines()
+        )
+    data = json.loads((tmp_path / "report.json").read_text())
+    assert data["shape_fidelity"]["grid"] == str(tmp_path / FIDELITY_GRID)
+    assert data["accuracy"] == report.accuracy and data["shape_confusion"] == report.shape_confusion
 
 
 def test_evaluate_decodes_rendered_embeddings(tmp_path: Path) -> None:
