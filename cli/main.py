@@ -34,7 +34,8 @@ SUBCOMMANDS: dict[str, Subcommand] = {
     "text-diff": Subcommand("models.image_ops_cli", "move an image along a caption difference (3.3)"),
     "edit": Subcommand("models.image_ops_cli", "repaint the masked part of an image from a prompt"),
     "evaluate": Subcommand(
-        "models.evaluation.cli", "prompt adherence, CLIP R-precision and CLIP-FID on the held-out prompts"
+        "models.evaluation.cli",
+        "prompt adherence, shape fidelity, CLIP R-precision and CLIP-FID on the held-out prompts",
     ),
 }
 
