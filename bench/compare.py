@@ -53,6 +53,7 @@ VARIANTS: dict[str, ExecutionConfig] = {
     "nchw-fp32": replace(ExecutionConfig(), channels_last=False, autocast="off"),
     "bf16-all": replace(ExecutionConfig(), autocast_stages=UNET_STAGES),
     "compile": replace(ExecutionConfig(), compile=True),
+    "cuda-graphs": replace(ExecutionConfig(), cuda_graphs=True),
 }
 PEER_STAGES = {
     "prior": ("prior",),
