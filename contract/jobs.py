@@ -10,7 +10,6 @@ process count and announce a job's end.
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
 import re
 import secrets
@@ -42,6 +41,7 @@ from contract.schemas import (
     Progress,
     StageParams,
 )
+from contract.schemas import fingerprint as request_fingerprint
 from contract.settings import Settings
 from contract.signing import UrlSigner, load_signer
 from contract.storage import has_expired
@@ -126,14 +126,6 @@ def public_status(job: Job) -> JobStatus:
 _SERVER_PATH = re.compile(r"(?<![\w.:/])/(?:[\w.@+-]+/)+[\w.@+-]*")
 
 
-def _fingerprint(request: TaskParams) -> str:
-    """A digest of the request as sent, for matching an ``Idempotency-Key`` replay."""
-    if isinstance(request, GenerateRequest):
-        return request.fingerprint()
-    canonical = json.dumps(request.model_dump(mode="json"), sort_keys=True, separators=(",", ":"))
-    return hashlib.sha256(canonical.encode()).hexdigest()
-
-
 # A quoted file name with a directory in it, as OS errors print them ("No such file or
 # directory: 'var/images/ab/gen_x/0.png'"): relative paths say as much as absolute ones.
 _QUOTED_PATH = re.compile(r"""(['"])[^'"\s]*[/\\][^'"]*\1""")
@@ -203,7 +195,7 @@ class JobStore:
         ``owner``, and idempotency keys are scoped to it.
         """
         owner = self.owner
-        fingerprint = fingerprint or _fingerprint(request)
+        fingerprint = fingerprint or request_fingerprint(request)
         if idempotency_key is not None:
             existing = self.find_idempotent(idempotency_key, owner)
             if existing is not None:

@@ -23,6 +23,13 @@ from contract.fields import WebhookUrl as WebhookUrl
 from contract.image_jobs import ImageJobKinds, JobKind
 
 
+def fingerprint(request: BaseModel) -> str:
+    """A digest of a request as sent (canonical JSON), for matching an ``Idempotency-Key`` replay:
+    the same for every job kind."""
+    canonical = json.dumps(request.model_dump(mode="json"), sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(canonical.encode()).hexdigest()
+
+
 class JobStatus(StrEnum):
     """A job's state as clients see it."""
 
@@ -110,8 +117,7 @@ class GenerateRequest(BaseModel):
 
     def fingerprint(self) -> str:
         """A digest of the request as sent, for matching an ``Idempotency-Key`` replay."""
-        canonical = json.dumps(self.model_dump(mode="json"), sort_keys=True, separators=(",", ":"))
-        return hashlib.sha256(canonical.encode()).hexdigest()
+        return fingerprint(self)
 
 
 class StageParams(BaseModel):

@@ -9,9 +9,10 @@ checks and normalises the uploads (``contract.uploads``), and submits the job li
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any
+from dataclasses import dataclass
+from typing import Annotated, Any
 
-from fastapi import APIRouter, Request, Response
+from fastapi import APIRouter, Depends, Request, Response
 from starlette.concurrency import run_in_threadpool
 
 from contract.image_jobs import (
@@ -21,7 +22,9 @@ from contract.image_jobs import (
     TextDiffParams,
     VariationParams,
 )
+from contract.jobs import JobStore
 from contract.schemas import ErrorResponse, JobPublic, JobStatusResponse
+from contract.settings import Settings
 from contract.storage import ImageStorage
 from contract.uploads import stored_png
 from service.deps import IdempotencyKeyDep, SettingsDep, StorageDep, StoreDep
@@ -64,21 +67,42 @@ _COMMON = {
 }
 
 
-def _submit(  # in a thread: the webhook check resolves a name, the store talks to Redis
-    params: ImageJobKinds,
-    inputs: dict[str, bytes],
+@dataclass(frozen=True)
+class Submitter:
+    """What every image route needs to read its form and submit its job (one dependency instead
+    of six parameters per route)."""
+
+    request: Request
+    response: Response
+    store: JobStore
+    storage: ImageStorage
+    settings: Settings
+    key: str | None
+
+    async def __call__(self, params: ImageJobKinds, inputs: dict[str, bytes]) -> JobStatusResponse:
+        # In a thread: the webhook check resolves a name, the store talks to Redis.
+        return await run_in_threadpool(self._submit, params, inputs)
+
+    def _submit(self, params: ImageJobKinds, inputs: dict[str, bytes]) -> JobStatusResponse:
+        submission = submit_image_job(params, inputs, self.store, self.storage, self.settings, self.key)
+        self.response.headers["Location"] = f"/jobs/{submission.job.id}"
+        if submission.replayed:
+            self.response.headers["Idempotent-Replayed"] = "true"
+        return self.store.render(submission.job, str(self.request.base_url))
+
+
+def _submitter(
     request: Request,
     response: Response,
     store: StoreDep,
-    storage: ImageStorage,
+    storage: StorageDep,
     settings: SettingsDep,
-    key: str | None,
-) -> JobStatusResponse:
-    submission = submit_image_job(params, inputs, store, storage, settings, key)
-    response.headers["Location"] = f"/jobs/{submission.job.id}"
-    if submission.replayed:
-        response.headers["Idempotent-Replayed"] = "true"
-    return store.render(submission.job, str(request.base_url))
+    key: IdempotencyKeyDep,
+) -> Submitter:
+    return Submitter(request, response, store, storage, settings, key)
+
+
+SubmitDep = Annotated[Submitter, Depends(_submitter)]
 
 
 @router.post(
@@ -98,21 +122,12 @@ def _submit(  # in a thread: the webhook check resolves a name, the store talks 
         },
     ),
 )
-async def variations(
-    request: Request,
-    response: Response,
-    store: StoreDep,
-    storage: StorageDep,
-    settings: SettingsDep,
-    key: IdempotencyKeyDep,
-) -> JobStatusResponse:
+async def variations(submit: SubmitDep) -> JobStatusResponse:
     """Variations of an image: its CLIP embedding decoded anew (Ramesh et al. 2022, §3.1)."""
-    form = await read_form(request, settings)
+    form = await read_form(submit.request, submit.settings)
     params = validate_params(VariationParams, text_fields(form, ("image",)))
     image = checked_image(await read_upload(form, "image"), "image")
-    return await run_in_threadpool(
-        _submit, params, {"image": stored_png(image.image)}, request, response, store, storage, settings, key
-    )
+    return await submit(params, {"image": stored_png(image.image)})
 
 
 @router.post(
@@ -133,16 +148,9 @@ async def variations(
         },
     ),
 )
-async def interpolations(
-    request: Request,
-    response: Response,
-    store: StoreDep,
-    storage: StorageDep,
-    settings: SettingsDep,
-    key: IdempotencyKeyDep,
-) -> JobStatusResponse:
+async def interpolations(submit: SubmitDep) -> JobStatusResponse:
     """Interpolate two ends in CLIP image-embedding space (§3.2); frames plus an animation."""
-    form = await read_form(request, settings)
+    form = await read_form(submit.request, submit.settings)
     values = text_fields(form, ("image_a", "image_b"))
     uploads = {name: await read_upload(form, name) for name in ("image_a", "image_b")}
     values.update({name: data is not None for name, data in uploads.items()})
@@ -152,7 +160,7 @@ async def interpolations(
         for name, data in uploads.items()
         if data is not None
     }
-    return await run_in_threadpool(_submit, params, inputs, request, response, store, storage, settings, key)
+    return await submit(params, inputs)
 
 
 @router.post(
@@ -172,16 +180,9 @@ async def interpolations(
         },
     ),
 )
-async def text_diffs(
-    request: Request,
-    response: Response,
-    store: StoreDep,
-    storage: StorageDep,
-    settings: SettingsDep,
-    key: IdempotencyKeyDep,
-) -> JobStatusResponse:
+async def text_diffs(submit: SubmitDep) -> JobStatusResponse:
     """A text diff (§3.3): frames rotating the image's embedding towards target - base."""
-    form = await read_form(request, settings)
+    form = await read_form(submit.request, submit.settings)
     values = text_fields(form, ("image",))
     if isinstance(values.get("angles"), str):
         values["angles"] = [a for a in values["angles"].replace(",", " ").split() if a]
@@ -189,7 +190,7 @@ async def text_diffs(
     values["image"] = data is not None
     params = validate_params(TextDiffParams, values)
     inputs = {"image": stored_png(checked_image(data, "image").image)} if data is not None else {}
-    return await run_in_threadpool(_submit, params, inputs, request, response, store, storage, settings, key)
+    return await submit(params, inputs)
 
 
 @router.post(
@@ -206,16 +207,9 @@ async def text_diffs(
         {"prompt": "what to draw in the masked region", "n": "1-10", **_COMMON},
     ),
 )
-async def edits(
-    request: Request,
-    response: Response,
-    store: StoreDep,
-    storage: StorageDep,
-    settings: SettingsDep,
-    key: IdempotencyKeyDep,
-) -> JobStatusResponse:
+async def edits(submit: SubmitDep) -> JobStatusResponse:
     """Masked sampling: the prompt drawn where the mask says, the source kept elsewhere."""
-    form = await read_form(request, settings)
+    form = await read_form(submit.request, submit.settings)
     params = validate_params(EditParams, text_fields(form, ("image", "mask")))
     inputs = await edit_inputs(form)
-    return await run_in_threadpool(_submit, params, inputs, request, response, store, storage, settings, key)
+    return await submit(params, inputs)

@@ -30,13 +30,6 @@ def settings(redis_url: str, queue_name: str, tmp_path: Path) -> Settings:
 
 
 @pytest.fixture
-def redis(redis_url: str) -> Iterator[Redis]:
-    client = Redis.from_url(redis_url)
-    yield client
-    client.close()
-
-
-@pytest.fixture
 def keys(redis: Redis, settings: Settings) -> ApiKeyStore:
     return ApiKeyStore(redis, Keys(settings.key_prefix))
 

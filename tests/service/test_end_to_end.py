@@ -10,7 +10,6 @@ import json
 import queue
 import time
 import uuid
-from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from threading import Thread
@@ -25,8 +24,9 @@ from rq.registry import CanceledJobRegistry, FinishedJobRegistry, StartedJobRegi
 from rq.serializers import JSONSerializer
 
 from contract.settings import Settings
-from tests.conftest import TEST_REDIS_URL, free_port
-from tests.workers.harness import FAST, ApiServer, WorkerProcess, steps, wait_for, workers
+from tests.conftest import free_port
+from tests.service.conftest import service_settings
+from tests.workers.harness import FAST, WorkerProcess, steps, wait_for
 
 pytestmark = pytest.mark.slow  # a worker process and uvicorn for the module
 
@@ -35,40 +35,15 @@ SECRET = "test-webhook-secret-" + "x" * 16
 
 @pytest.fixture(scope="module")
 def settings(tmp_path_factory: pytest.TempPathFactory) -> Settings:
-    return Settings(
-        redis_url=TEST_REDIS_URL,
-        queue=f"e2e-{uuid.uuid4().hex[:10]}",
-        storage_dir=tmp_path_factory.mktemp("images"),
-        weights="random:tiny",
-        device="cpu",
-        max_batch=8,
+    return service_settings(
+        tmp_path_factory,
+        "e2e",
         max_wait_ms=200,
         webhook_secret=SECRET,
         webhook_backoff_s=0.2,
         webhook_allow_private=True,  # the test receiver listens on 127.0.0.1
         require_api_keys=False,  # keys: tests/service/test_auth.py and test_faults.py
     )
-
-
-@pytest.fixture(scope="module")
-def redis() -> Iterator[Redis]:
-    client = Redis.from_url(TEST_REDIS_URL)
-    yield client
-    client.close()
-
-
-@pytest.fixture(scope="module")
-def worker(
-    settings: Settings, redis: Redis, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[WorkerProcess]:
-    with workers(settings, [f"w-{uuid.uuid4().hex[:6]}"], tmp_path_factory.mktemp("logs"), redis) as started:
-        yield started[0]
-
-
-@pytest.fixture(scope="module")
-def api(settings: Settings, worker: WorkerProcess) -> Iterator[str]:
-    with ApiServer(settings) as server:
-        yield server.url
 
 
 def submit(api: str, **body: Any) -> dict[str, Any]:

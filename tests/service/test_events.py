@@ -7,7 +7,6 @@ from __future__ import annotations
 import base64
 import io
 import json
-import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -20,8 +19,8 @@ from redis import Redis
 from contract.api_keys import ApiKeyStore
 from contract.keys import Keys
 from contract.settings import Settings
-from tests.conftest import TEST_REDIS_URL
-from tests.workers.harness import ApiServer, WorkerProcess, steps, workers
+from tests.service.conftest import service_settings
+from tests.workers.harness import steps
 
 pytestmark = pytest.mark.slow  # a worker process and uvicorn for the module
 
@@ -35,22 +34,10 @@ class Event:
 
 @pytest.fixture(scope="module")
 def settings(tmp_path_factory: pytest.TempPathFactory) -> Settings:
-    return Settings(
-        redis_url=TEST_REDIS_URL,
-        queue=f"sse-{uuid.uuid4().hex[:10]}",
-        storage_dir=tmp_path_factory.mktemp("images"),
-        weights="random:tiny",
-        device="cpu",
-        max_batch=8,
-        max_wait_ms=20,
+    return service_settings(
+        tmp_path_factory,
+        "sse",
     )
-
-
-@pytest.fixture(scope="module")
-def redis() -> Iterator[Redis]:
-    client = Redis.from_url(TEST_REDIS_URL)
-    yield client
-    client.close()
 
 
 @pytest.fixture(scope="module")
@@ -62,20 +49,6 @@ def keys(settings: Settings) -> Keys:
 def auth(redis: Redis, keys: Keys) -> dict[str, str]:
     token, _ = ApiKeyStore(redis, keys).create("events")
     return {"Authorization": f"Bearer {token}"}
-
-
-@pytest.fixture(scope="module")
-def worker(
-    settings: Settings, redis: Redis, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[WorkerProcess]:
-    with workers(settings, [f"w-{uuid.uuid4().hex[:6]}"], tmp_path_factory.mktemp("logs"), redis) as started:
-        yield started[0]
-
-
-@pytest.fixture(scope="module")
-def api(settings: Settings, worker: WorkerProcess) -> Iterator[str]:
-    with ApiServer(settings) as server:
-        yield server.url
 
 
 def submit(api: str, auth: dict[str, str], decoder_steps: int, **body: Any) -> str:

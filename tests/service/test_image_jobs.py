@@ -4,20 +4,17 @@ the bundled model, a real Redis; and every bad input answered with a 4xx in the 
 from __future__ import annotations
 
 import io
-import uuid
-from collections.abc import Iterator
 from typing import Any
 
 import httpx
 import numpy as np
 import pytest
 from PIL import Image
-from redis import Redis
 
 from contract.settings import Settings
 from models.evaluation.analysis import analyze
-from tests.conftest import TEST_REDIS_URL
-from tests.workers.harness import ApiServer, WorkerProcess, wait_for, workers
+from tests.service.conftest import service_settings
+from tests.workers.harness import wait_for
 
 pytestmark = pytest.mark.slow
 RED_CIRCLE = "a large red circle in the center on a white background"
@@ -25,36 +22,14 @@ RED_CIRCLE = "a large red circle in the center on a white background"
 
 @pytest.fixture(scope="module")
 def settings(tmp_path_factory: pytest.TempPathFactory) -> Settings:
-    return Settings(
-        redis_url=TEST_REDIS_URL,
-        queue=f"img-{uuid.uuid4().hex[:10]}",
-        storage_dir=tmp_path_factory.mktemp("images"),
-        device="cpu",  # weights: the bundled model
+    return service_settings(
+        tmp_path_factory,
+        "img",
+        weights=None,  # the bundled model: the analyser judges what it draws
         max_batch=16,
         max_wait_ms=100,
         require_api_keys=False,
     )
-
-
-@pytest.fixture(scope="module")
-def redis() -> Iterator[Redis]:
-    client = Redis.from_url(TEST_REDIS_URL)
-    yield client
-    client.close()
-
-
-@pytest.fixture(scope="module")
-def worker(
-    settings: Settings, redis: Redis, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[WorkerProcess]:
-    with workers(settings, [f"w-{uuid.uuid4().hex[:6]}"], tmp_path_factory.mktemp("logs"), redis) as started:
-        yield started[0]
-
-
-@pytest.fixture(scope="module")
-def api(settings: Settings, worker: WorkerProcess) -> Iterator[str]:
-    with ApiServer(settings) as server:
-        yield server.url
 
 
 def png(pixels: np.ndarray) -> bytes:

@@ -25,13 +25,6 @@ def settings(redis_url: str, queue_name: str, tmp_path: Path) -> Settings:
 
 
 @pytest.fixture
-def redis(redis_url: str) -> Iterator[Redis]:
-    client = Redis.from_url(redis_url)
-    yield client
-    client.close()
-
-
-@pytest.fixture
 def api(settings: Settings) -> Iterator[str]:
     with ApiServer(settings) as server:
         yield server.url

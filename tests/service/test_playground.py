@@ -7,20 +7,15 @@ from __future__ import annotations
 
 import io
 import shutil
-import uuid
 from collections.abc import Iterator
 from typing import Any
 
 import httpx
 import pytest
 from PIL import Image
-from redis import Redis
 
-from contract.api_keys import ApiKeyStore
-from contract.keys import Keys
 from contract.settings import Settings
-from tests.conftest import TEST_REDIS_URL
-from tests.workers.harness import ApiServer, WorkerProcess, workers
+from tests.service.conftest import service_settings
 
 pytestmark = pytest.mark.slow  # a browser, a worker process and uvicorn
 
@@ -47,42 +42,10 @@ new MutationObserver((changes) => {
 
 @pytest.fixture(scope="module")
 def settings(tmp_path_factory: pytest.TempPathFactory) -> Settings:
-    return Settings(
-        redis_url=TEST_REDIS_URL,
-        queue=f"web-{uuid.uuid4().hex[:10]}",
-        storage_dir=tmp_path_factory.mktemp("images"),
-        weights="random:tiny",
-        device="cpu",
-        max_batch=8,
-        max_wait_ms=20,
+    return service_settings(
+        tmp_path_factory,
+        "web",
     )
-
-
-@pytest.fixture(scope="module")
-def redis() -> Iterator[Redis]:
-    client = Redis.from_url(TEST_REDIS_URL)
-    yield client
-    client.close()
-
-
-@pytest.fixture(scope="module")
-def token(redis: Redis, settings: Settings) -> str:
-    token, _ = ApiKeyStore(redis, Keys(settings.key_prefix)).create("playground")
-    return token
-
-
-@pytest.fixture(scope="module")
-def worker(
-    settings: Settings, redis: Redis, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[WorkerProcess]:
-    with workers(settings, [f"w-{uuid.uuid4().hex[:6]}"], tmp_path_factory.mktemp("logs"), redis) as started:
-        yield started[0]
-
-
-@pytest.fixture(scope="module")
-def api(settings: Settings, worker: WorkerProcess) -> Iterator[str]:
-    with ApiServer(settings) as server:
-        yield server.url
 
 
 @pytest.fixture(scope="module")
