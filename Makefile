@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install run test test-fast lint bench validate-deploy clean
+.PHONY: install run test test-fast lint bench bench-service validate-deploy clean
 
 # torch/torchvision first and pinned: they install from this machine's disk; a looser
 # requirement would download a multi-GB CUDA build.
@@ -40,6 +40,11 @@ lint: $(STAMP)
 bench: $(STAMP)
 	$(BIN)/pip install -q -e '.[bench]'
 	$(BIN)/python -m bench.compare $(BENCH_ARGS)
+	$(BIN)/python -m bench.service_overhead
+
+# What the service adds to a job besides the model (a real API, worker and Redis): a minute or two.
+bench-service: $(STAMP)
+	$(BIN)/python -m bench.service_overhead
 
 # Checks that run without a Docker engine (tools: see deploy/README.md).
 validate-deploy: $(STAMP)

@@ -34,7 +34,17 @@ class Settings(BaseSettings):
     idempotency_ttl_s: int = Field(default=24 * 3600, ge=1)
     # -- batching -----------------------------------------------------------------------------
     max_batch: int = Field(default=8, ge=1, le=256, description="most images sampled in one batch")
-    max_wait_ms: int = Field(default=50, ge=0, le=60_000, description="how long a batch waits to fill")
+    max_wait_ms: int = Field(
+        default=50,
+        ge=0,
+        le=60_000,
+        description="how long a batch that has company waits for more (workers/batching.py)",
+    )
+    batch_wait_alone: bool = Field(
+        default=False,
+        description="a job with no compatible job queued behind it waits max_wait_ms too; off, it "
+        "starts at once, so at low load no job waits for company that is not coming",
+    )
     # -- the model ----------------------------------------------------------------------------
     weights: str | None = Field(default=None, description="None: bundled model; 'random:tiny'; or a dir")
     device: str = Field(default="auto", description="'auto' (cuda when available), 'cpu', 'cuda', 'cuda:1'")

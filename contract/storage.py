@@ -42,7 +42,9 @@ def encode_png(image: np.ndarray) -> bytes:
     from PIL import Image  # here, not at import: the API process never encodes an image
 
     buffer = io.BytesIO()
-    Image.fromarray(image, mode="RGB").save(buffer, format="PNG")
+    # zlib level 1, not Pillow's 6: on a 2-core Xeon a 1024² image encodes in ~0.18 s instead of
+    # ~0.8 s (a tenth of the image's sampling time on a CPU) for files ~18% larger; 256²: 14 vs 47 ms.
+    Image.fromarray(image, mode="RGB").save(buffer, format="PNG", compress_level=1)
     return buffer.getvalue()
 
 

@@ -5,6 +5,11 @@ guidance, sampler, eta of every stage): then one batched ``generate`` call serve
 since each request's seed fixes its images, batching never changes a result. A batch starts with
 the job rq dequeued, takes compatible waiting jobs in queue order while their images fit in
 ``max_images``, and stops growing when full or when ``max_wait_s`` has passed since it started.
+
+A job that finds no compatible company in the queue starts at once (unless ``wait_alone``): the
+window only pays when jobs arrive together, and at low load waiting would add ``max_wait_s`` to
+every job for nothing. Under load the queue fills while a batch samples, so the next batch finds
+its company already waiting and then waits the window for more.
 """
 
 from __future__ import annotations
@@ -37,6 +42,7 @@ class Candidate:
 class BatchLimits:
     max_images: int  # rows per batch; a single larger job still runs, alone
     max_wait_s: float  # how long a batch may wait for company after its first job
+    wait_alone: bool = False  # a batch of one waits the window too (off: it starts at once)
 
     def __post_init__(self) -> None:
         if self.max_images < 1:
@@ -100,8 +106,11 @@ class Batch:
         return max(0.0, self.started_at + self.limits.max_wait_s - now)
 
     def should_wait(self, now: float) -> bool:
-        """Keep looking for company: not full and the wait window is still open."""
-        return not self.is_full() and self.time_left(now) > 0
+        """Keep looking for company: not full, the wait window still open, and either company has
+        already come (jobs are arriving together) or a lone job is configured to wait."""
+        if self.is_full() or self.time_left(now) <= 0:
+            return False
+        return len(self.members) > 1 or self.limits.wait_alone
 
 
 def plan_batches(candidates: Sequence[Candidate], limits: BatchLimits) -> list[list[Candidate]]:

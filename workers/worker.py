@@ -4,8 +4,9 @@
 template-method hook rq calls with each dequeued job. Like ``SimpleWorker`` it never forks
 (CUDA and a resident model forbid it). For the job rq hands it, it:
 
-1. claims more compatible queued jobs (``workers.batching``) for up to ``max_wait_ms``, moving
-   each atomically out of the queue into its owned set (``workers.leases.Ownership``);
+1. claims the compatible jobs queued behind it (``workers.batching``) and, once it has company,
+   more for up to ``max_wait_ms``, moving each atomically out of the queue into its owned set
+   (``workers.leases.Ownership``);
 2. starts every member through rq's own bookkeeping (``prepare_execution`` and
    ``prepare_job_execution``: StartedJobRegistry, status ``started``);
 3. samples them as one batch (``workers.runtime``), writing progress and watching for cancels;
@@ -102,7 +103,11 @@ class BatchingWorker(BaseWorker):
         self.stop_signal_received = False
         self.store = JobStore(self.connection, settings, metrics)
         self.ownership = Ownership(self.connection, self.store.keys, self.store.queue, self.name)
-        self.limits = BatchLimits(max_images=settings.max_batch, max_wait_s=settings.max_wait_ms / 1000)
+        self.limits = BatchLimits(
+            max_images=settings.max_batch,
+            max_wait_s=settings.max_wait_ms / 1000,
+            wait_alone=settings.batch_wait_alone,
+        )
         self._running: list[Member] = []
         self._running_lock = threading.Lock()
 

@@ -58,12 +58,22 @@ def test_add_refuses_what_does_not_fit() -> None:
 
 def test_wait_window() -> None:
     batch = Batch(job("a"), BatchLimits(max_images=8, max_wait_s=0.05), started_at=10.0)
-    assert batch.should_wait(now=10.01)
+    assert not batch.should_wait(now=10.01)  # alone: nobody is coming, start at once
+    batch.add(job("b"))
+    assert batch.should_wait(now=10.01)  # company came: jobs are arriving together
     assert batch.time_left(now=10.01) == pytest.approx(0.04)
     assert not batch.should_wait(now=10.05)
     assert batch.time_left(now=11.0) == 0.0
     no_wait = Batch(job("a"), BatchLimits(max_images=8, max_wait_s=0.0), started_at=10.0)
+    no_wait.add(job("b"))
     assert not no_wait.should_wait(now=10.0)
+
+
+def test_a_lone_job_waits_only_when_configured_to() -> None:
+    limits = BatchLimits(max_images=8, max_wait_s=0.05, wait_alone=True)
+    alone = Batch(job("a"), limits, started_at=10.0)
+    assert alone.should_wait(now=10.01)
+    assert not alone.should_wait(now=10.05)
 
 
 def test_plan_batches_groups_by_key_and_splits_by_size() -> None:

@@ -3,6 +3,7 @@ bookkeeping kept honest for every member of a batch."""
 
 from __future__ import annotations
 
+import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -82,3 +83,20 @@ def test_burst_worker_batches_compatible_jobs_with_honest_bookkeeping(
     counts = redis.hmget(f"rq:worker:{name}", ["successful_job_count", "failed_job_count"])
     assert [int(c or 0) for c in counts] == [len(batched) + 1, 1]
     assert not redis.exists(store.keys.owned(name))
+
+
+@pytest.mark.usefixtures("one_thread")
+def test_a_lone_job_does_not_wait_for_company(
+    settings: Settings, redis: Redis, store: JobStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With nothing compatible queued behind it, a job starts at once instead of holding the
+    batch window open (20 s here: the whole run, model start included, stays far below it)."""
+    monkeypatch.setenv("UNCLIP_MAX_WAIT_MS", "20000")
+    get_settings.cache_clear()
+    request = GenerateRequest.model_validate({"prompt": "alone", "size": "64x64", **FAST})
+    job_id = store.submit_request(request).job.id
+    started = time.monotonic()
+    assert run(burst=True, name=f"{settings.queue}-alone-{uuid.uuid4().hex[:4]}") == 0
+    assert time.monotonic() - started < 20.0
+    job = Job.fetch(job_id, connection=redis, serializer=JSONSerializer)
+    assert job.get_status().value == "finished" and job.meta["batch_size"] == 1
