@@ -98,8 +98,14 @@ def test_interpolation_ends_are_the_plain_decodes_and_color_moves_one_way(pipeli
         [GenerationRequest("", 1, 5, image_embed=ends[0]), GenerationRequest("", 1, 5, image_embed=ends[1])],
         64,
     )
-    assert np.array_equal(images[0], plain.images[0][0])  # type: ignore[index]
-    assert np.array_equal(images[-1], plain.images[1][0])  # type: ignore[index]
+    # Same embedding, seed and noise as the plain decodes; only the batch differs (7 rows against
+    # 2), and some CPUs' BLAS/oneDNN kernels sum in another order at another batch size.
+    for frame, decode in ((images[0], plain.images[0][0]), (images[-1], plain.images[1][0])):  # type: ignore[index]
+        difference = np.abs(frame.astype(int) - decode.astype(int))
+        assert difference.mean() < 0.5 and np.mean(difference > 8) < 0.01, (
+            difference.mean(),
+            difference.max(),
+        )
     colors = [analyze(image).color for image in images]
     assert colors[0] == "red" and colors[-1] == "blue", colors
     # The color moves one way: each color the analyser reads forms one run of frames (measured:

@@ -78,8 +78,10 @@ def test_the_only_worker_killed_its_jobs_wait_for_the_next(
     settings: Settings, redis: Redis, tmp_path: Path
 ) -> None:
     with ApiServer(settings) as api:
-        worker = WorkerProcess(settings, f"{settings.queue}-only", tmp_path).wait_ready(redis)
+        # Queued before the worker starts, so that it takes both as one batch: a lone job does not
+        # wait for company, and the second POST could come just after the first one started.
         ids = submit(api.url, 2, steps(60))
+        worker = WorkerProcess(settings, f"{settings.queue}-only", tmp_path).wait_ready(redis)
         wait_for(lambda: all(status(api.url, i)["status"] == "running" for i in ids), 60, what="the batch")
         assert httpx.get(f"{api.url}/readyz", timeout=10).status_code == 200
         worker.signal(signal.SIGKILL)
