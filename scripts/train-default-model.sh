@@ -3,7 +3,9 @@
 # models/default_weights are this script's first run plus five rounds of fine-tuning (README,
 # "What the bundled model is"); the recipe has changed since its first run (pooled text, the
 # decoder's caption drop and high-noise timesteps, CLIP's position-swap twins, the decoder's
-# outline-weighted loss), and has not been run end to end since.
+# outline-weighted loss); run end to end on 2026-12-03 (2-core EPYC VM, 121 min) it gave a model
+# far under the bar, because the budgets are minutes and that machine did about half the steps of
+# the one they were set on (docs/training.md, "A from-scratch run, measured").
 #
 #   bash scripts/train-default-model.sh [OUT_DIR]      (default: runs/default)
 #

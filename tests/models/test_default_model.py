@@ -28,6 +28,12 @@ ADHERENCE_PROMPTS = 32
 # (on 200 prompts: 99.5%, 92.0%, 100%, 100%, README). Shape is the closest to the bar: the stars.
 FLOORS_AT_64PX = {"color": 0.9, "shape": 0.85, "size": 0.9, "position": 0.9}
 FLOORS_AT_256PX = {"color": 0.9, "shape": 0.85, "size": 0.9, "position": 0.9}
+# Shape fidelity of the shipped weights on those prompts at 256x256 (2026-12-03, 2-core EPYC):
+# mean IoU 0.854, best match 93.8% (30 of 32); per asked shape circle 0.918 (9 images), square
+# 0.936 (6), triangle 0.862 (10), star 0.691 (7, best match 5 of 7). The floors leave about an
+# image's worth of room (on 200 prompts: 0.843 and 90.5%, docs/model.md).
+FIDELITY_FLOORS_AT_256PX = {"mean_iou": 0.82, "best_match": 0.84}
+SHAPE_IOU_FLOORS_AT_256PX = {"circle": 0.89, "square": 0.90, "triangle": 0.83, "star": 0.62}
 # The 256x256 evaluation runs once, in the module-scoped fixture; pytest-timeout counts a fixture's
 # setup in the first test that asks for it, so both tests that use it get their own limit, sized
 # for a busy two-core machine: ~2 minutes quiet on one EPYC core, three times that loaded, and
@@ -97,3 +103,16 @@ def test_bundled_model_reaches_the_quality_bar(report_at_256px: EvaluationReport
     bar, here on 32 prompts; shape has one image to spare: 30 of 32 right, 29 would still pass)."""
     for attribute, threshold in BAR.items():
         assert report_at_256px.accuracy[attribute] >= threshold, f"{attribute}: {report_at_256px.accuracy}"
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(TIMEOUT_AT_256PX)
+def test_bundled_model_keeps_its_measured_shape_fidelity_at_256px(report_at_256px: EvaluationReport) -> None:
+    """Shape fidelity (the outline against the asked shape drawn in the object's own box, issue
+    18): floors a little under what the shipped weights score on these prompts, per shape where
+    the prompts ask for it often enough to say something."""
+    fidelity = report_at_256px.shape_fidelity
+    assert fidelity["mean_iou"] >= FIDELITY_FLOORS_AT_256PX["mean_iou"], fidelity["per_shape"]
+    assert fidelity["best_match"] >= FIDELITY_FLOORS_AT_256PX["best_match"], fidelity["per_shape"]
+    for shape, floor in SHAPE_IOU_FLOORS_AT_256PX.items():
+        assert fidelity["per_shape"][shape]["mean_iou"] >= floor, (shape, fidelity["per_shape"])
