@@ -5,6 +5,7 @@ workers on one host with default settings. Recovery times are printed, not asser
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import signal
 import socket
@@ -275,7 +276,18 @@ def test_two_workers_on_one_host_with_default_settings(
         for decoder in (20, 21):
             request = GenerateRequest.model_validate({"prompt": "p", "size": "64x64", **steps(decoder)})
             store.submit_request(request)
-        ports = [base, base + 1]
+
+        # Each worker logs the port it took: one has the configured port, the other the next
+        # free one above it (not always base + 1: base comes from the ephemeral range, where a
+        # client connection may hold the port just above).
+        def metrics_port(name: str) -> int | None:
+            found = re.search(r"metrics on :(\d+)/metrics", (tmp_path / f"{name}.log").read_text())
+            return int(found.group(1)) if found else None
+
+        ports = wait_for(
+            lambda: [metrics_port(n) for n in names] if all(map(metrics_port, names)) else None, 60
+        )
+        assert min(ports) == base and max(ports) > base, ports
         expected = max(1, len(os.sched_getaffinity(0)) // 2)
 
         def threads(port: int) -> float:
@@ -287,7 +299,7 @@ def test_two_workers_on_one_host_with_default_settings(
             lambda: all(threads(p) == expected for p in ports), 120, 0.5, "both workers to share the cores"
         )
         print(
-            f"\ntwo workers, default settings: metrics on :{base} and :{base + 1}, {expected} thread(s) each"
+            f"\ntwo workers, default settings: metrics on :{ports[0]} and :{ports[1]}, {expected} thread(s) each"
         )
     finally:
         for proc in procs:
