@@ -280,13 +280,12 @@ def test_two_workers_on_one_host_with_default_settings(
         # Each worker logs the port it took: one has the configured port, the other the next
         # free one above it (not always base + 1: base comes from the ephemeral range, where a
         # client connection may hold the port just above).
-        def metrics_port(name: str) -> int | None:
-            found = re.search(r"metrics on :(\d+)/metrics", (tmp_path / f"{name}.log").read_text())
-            return int(found.group(1)) if found else None
+        def metrics_ports() -> list[int] | None:
+            logs = [(tmp_path / f"{name}.log").read_text() for name in names]
+            found = [re.search(r"metrics on :(\d+)/metrics", log) for log in logs]
+            return [int(match.group(1)) for match in found if match] if all(found) else None
 
-        ports = wait_for(
-            lambda: [metrics_port(n) for n in names] if all(map(metrics_port, names)) else None, 60
-        )
+        ports: list[int] = wait_for(metrics_ports, 60, what="both workers' metrics ports")
         assert min(ports) == base and max(ports) > base, ports
         expected = max(1, len(os.sched_getaffinity(0)) // 2)
 
