@@ -17,8 +17,9 @@ from redis import Redis
 
 from contract.api_keys import ApiKey, ApiKeyStore
 from contract.keys import Keys
-from contract.settings import Settings, get_settings
+from contract.settings import Settings
 from contract.signing import Verdict, load_signer
+from service.app_settings import SettingsDep
 from service.errors import ApiError
 from service.rate_limits import check_request_rate
 
@@ -58,7 +59,7 @@ def _signed_url(request: Request, settings: Settings, redis: Redis) -> Principal
     return Principal(owner=None, signed=True)
 
 
-def authenticate(request: Request, settings: Annotated[Settings, Depends(get_settings)]) -> Principal:
+def authenticate(request: Request, settings: SettingsDep) -> Principal:
     """The caller, or 401 (no key, a malformed, unknown or revoked key), 403 (a bad or expired
     signed URL) or 429 (the key's request rate)."""
     redis: Redis = request.app.state.redis

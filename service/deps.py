@@ -12,16 +12,14 @@ from rq.job import Job
 from contract.admission import KeyLimits
 from contract.jobs import JobStore
 from contract.metrics import ApiMetrics
-from contract.settings import Settings, get_settings
 from contract.storage import ImageStorage, LocalImageStorage
+from service.app_settings import SettingsDep
 from service.auth import PrincipalDep, limits_of
 from service.errors import ApiError
 
 _JOB_ID = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 # Visible ASCII only: the key is echoed into logs and Redis key names are hashed from it.
 _IDEMPOTENCY_KEY = re.compile(r"^[\x21-\x7e]{1,255}$")
-
-SettingsDep = Annotated[Settings, Depends(get_settings)]
 
 
 def get_redis(request: Request) -> Redis:

@@ -48,9 +48,7 @@ def open_redis(settings: Settings) -> Redis:
 
 @asynccontextmanager
 async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-    resolve = app.dependency_overrides.get(get_settings, get_settings)
-    settings: Settings = resolve()
-    app.state.settings = settings
+    settings: Settings = app.state.settings
     app.state.redis = open_redis(settings)
     app.state.request_limiter = request_limiter(app.state.redis)
     stop = threading.Event()
@@ -71,7 +69,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
-    """The API. ``settings`` (tests) replaces the environment through the ``get_settings`` dependency."""
+    """The API. ``settings`` (tests) replaces the environment (``service.app_settings``)."""
     settings = settings or get_settings()
     app = FastAPI(
         title="unCLIP image generation",
@@ -79,7 +77,6 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         description="Text-to-image with the unCLIP (DALL-E 2) chain: submit a job, poll it, download PNGs.",
         lifespan=lifespan,
     )
-    app.dependency_overrides[get_settings] = lambda: settings
     app.state.settings = settings
     app.state.metrics = ApiMetrics.create()
     app.add_middleware(

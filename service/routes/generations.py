@@ -9,7 +9,8 @@ from fastapi.responses import FileResponse
 
 from contract.jobs import public_status
 from contract.schemas import ErrorResponse, GenerateRequest, JobPublic, JobStatus, JobStatusResponse
-from service.deps import IdempotencyKeyDep, JobDep, SettingsDep, StorageDep, StoreDep
+from service.app_settings import SettingsDep
+from service.deps import IdempotencyKeyDep, JobDep, StorageDep, StoreDep
 from service.errors import ApiError
 from service.webhook_check import check_webhook
 

@@ -27,7 +27,8 @@ from contract.schemas import ErrorResponse, JobPublic, JobStatusResponse
 from contract.settings import Settings
 from contract.storage import ImageStorage
 from contract.uploads import stored_png
-from service.deps import IdempotencyKeyDep, SettingsDep, StorageDep, StoreDep
+from service.app_settings import SettingsDep
+from service.deps import IdempotencyKeyDep, StorageDep, StoreDep
 from service.image_forms import (
     checked_image,
     edit_inputs,
