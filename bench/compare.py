@@ -52,6 +52,7 @@ VARIANTS: dict[str, ExecutionConfig] = {
     "nchw": replace(ExecutionConfig(), channels_last=False),
     "nchw-fp32": replace(ExecutionConfig(), channels_last=False, autocast="off"),
     "bf16-all": replace(ExecutionConfig(), autocast_stages=UNET_STAGES),
+    "cast-per-call": replace(ExecutionConfig(), cast_weights_once=False),
     "compile": replace(ExecutionConfig(), compile=True),
     "cuda-graphs": replace(ExecutionConfig(), cuda_graphs=True),
 }

@@ -58,6 +58,11 @@ class Settings(BaseSettings):
         default="bfloat16", description="bfloat16 autocast of autocast_stages where the device has bf16"
     )
     autocast_stages: tuple[Literal["decoder", "sr256", "sr1024"], ...] = ("sr256", "sr1024")
+    cast_weights_once: bool = Field(
+        default=True,
+        description="autocast stages keep a bf16 copy of their conv/linear weights instead of "
+        "casting them in every forward (same images)",
+    )
     compile_unets: bool = Field(
         default=False,
         description="torch.compile the UNets, warmed up at start for each batch bucket up to max_batch "

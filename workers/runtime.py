@@ -174,6 +174,7 @@ def execution_from_settings(settings: Settings) -> ExecutionConfig:
         channels_last=settings.channels_last,
         autocast=settings.autocast,
         autocast_stages=settings.autocast_stages,
+        cast_weights_once=settings.cast_weights_once,
         compile=settings.compile_unets,
         cuda_graphs=settings.cuda_graphs,
         micro_batch_sr256=settings.micro_batch_sr256,

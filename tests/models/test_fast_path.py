@@ -27,6 +27,7 @@ from models.execution import (
     pad_rows,
     prepare_network,
     set_fused_attention,
+    with_autocast_weights,
 )
 from models.pipeline import GenerationRequest, UnclipPipeline, _CastModel, load_pipeline
 from models.unet import AttentionBlock, UNetModel
@@ -116,6 +117,30 @@ def test_switches_off_call_the_network_as_before() -> None:
         "decoder", prepare_network("decoder", unet, BASELINE, x.device), torch.float32, BASELINE, x.device
     )
     assert torch.equal(call(x, t), before)
+
+
+def test_weights_cast_once_compute_what_autocast_computes() -> None:
+    """The copy with bf16 conv/linear weights gives autocast's output bit for bit, runs fewer
+    casts per forward, and leaves the plain module in float32 (training and probes read it)."""
+    torch.manual_seed(0)
+    unet = UNetModel(
+        UNetConfig(image_size=16, model_channels=16, channel_mult=(1, 2), attention_resolutions=(8,))
+    ).eval()
+    torch.nn.init.normal_(unet.out[-1].weight, std=0.1)
+    x, t = torch.randn(2, 3, 16, 16), torch.tensor([10, 900])
+    per_call = NetworkCall(unet, torch.float32, autocast_dtype=torch.bfloat16)
+    cast_once = NetworkCall(
+        with_autocast_weights(unet, torch.bfloat16), torch.float32, autocast_dtype=torch.bfloat16
+    )
+    with torch.no_grad(), OpNames() as per_call_ops:
+        expected = per_call(x, t)
+    with torch.no_grad(), OpNames() as cast_once_ops:
+        got = cast_once(x, t)
+    assert torch.equal(got, expected)
+    per_call_casts = sum(1 for n in per_call_ops.names if "_to_copy" in n)
+    cast_once_casts = sum(1 for n in cast_once_ops.names if "_to_copy" in n)
+    assert cast_once_casts < per_call_casts - 20, (cast_once_casts, per_call_casts)
+    assert {p.dtype for p in unet.parameters()} == {torch.float32}
 
 
 def test_chunks_and_buckets() -> None:
