@@ -40,9 +40,11 @@ from models.clip import TextEncoding
 from models.configs import STAGES, ModelConfig, SamplingConfig, StageName, get_config
 from models.execution import BASELINE, UNET_STAGES, ExecutionConfig, network_call, prepare_network
 from models.factory import create_stage_module
+from models.host_memory import keep_freed_memory
 from models.pipeline import GenerationRequest, UnclipPipeline, load_pipeline
 
 RESULTS = Path(__file__).parent / "results"
+KEPT_FREED_MEMORY = False  # set by main(): whether malloc keeps freed memory (models.host_memory)
 VARIANTS: dict[str, ExecutionConfig] = {
     "baseline": BASELINE,
     "default": ExecutionConfig(),
@@ -409,6 +411,7 @@ def environment(device: torch.device) -> dict[str, Any]:
         "cores": os.cpu_count(),
         "threads": torch.get_num_threads(),
         "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY", "(default)"),
+        "malloc": "keeps freed memory" if KEPT_FREED_MEMORY else "glibc default",
         "torch": torch.__version__,
         "diffusers": diffusers.__version__,
         "python": platform.python_version(),
@@ -452,6 +455,12 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         help="weights' dtype (default: float32 on CPU, bfloat16 on CUDA)",
     )
     p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
+    p.add_argument(
+        "--malloc-default",
+        action="store_true",
+        help="leave glibc's malloc as it is (default: keep freed memory, as the worker does; "
+        "both contenders run under the same allocator either way)",
+    )
     p.add_argument("--skip-forward", action="store_true")
     p.add_argument("--skip-end-to-end", action="store_true")
     p.add_argument("--no-peer", action="store_true", help="ours only (no diffusers)")
@@ -468,6 +477,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
+    global KEPT_FREED_MEMORY
+    KEPT_FREED_MEMORY = not args.malloc_default and keep_freed_memory()
     if args.threads:
         torch.set_num_threads(args.threads)
     torch.set_flush_denormal(True)  # random weights must not wander into slow denormals

@@ -19,7 +19,7 @@ def _x(value: float | None) -> str:
 def environment_line(device: str, env: dict[str, Any]) -> str:
     return (
         f"**{device}**: {env['device']}, {env['cores']} cores, {env['threads']} torch threads, "
-        f"OMP_WAIT_POLICY {env['omp_wait_policy']}; torch {env['torch']}, diffusers {env['diffusers']}, "
+        f"OMP_WAIT_POLICY {env['omp_wait_policy']}, malloc {env.get('malloc', 'glibc default')}; torch {env['torch']}, diffusers {env['diffusers']}, "
         f"Python {env['python']}; 1-min load {env['load_1min_start']:.2f} at start, "
         f"{env.get('load_1min_end', float('nan')):.2f} at end."
     )

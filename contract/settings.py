@@ -71,6 +71,11 @@ class Settings(BaseSettings):
     cuda_graphs: bool = Field(default=False, description="on CUDA: CUDA graphs for fixed batch buckets")
     micro_batch_sr256: int = Field(default=4, ge=0, le=256, description="rows run together (0: all)")
     micro_batch_sr1024: int = Field(default=4, ge=0, le=256, description="rows run together (0: all)")
+    keep_freed_memory: bool = Field(
+        default=True,
+        description="glibc's malloc keeps freed tensor memory for reuse instead of unmapping it "
+        "(models/host_memory.py; the worker keeps its peak memory between jobs)",
+    )
     omp_wait_policy: Literal["passive", "active", "default"] = Field(
         default="passive",
         description="OpenMP's wait policy for the worker's threads (set before torch starts); passive "

@@ -56,7 +56,10 @@ def run(args: argparse.Namespace) -> int:
         raise SystemExit("unclip generate: --n and --batch-size must be at least 1")
     from PIL import Image
 
+    from models.host_memory import keep_freed_memory
     from models.pipeline import GenerationRequest, load_pipeline, stages_for_size
+
+    keep_freed_memory()
 
     try:
         stages_for_size(args.size)

@@ -23,6 +23,7 @@ from contract.jobs import JobStore
 from contract.metrics import WorkerMetrics
 from contract.settings import Settings, get_settings
 from contract.storage import LocalImageStorage
+from models.host_memory import keep_freed_memory
 from workers.host_slots import HostSlot, thread_share
 from workers.leases import Lease, PeriodicThread, Reaper
 from workers.outages import work_through_outages
@@ -60,6 +61,8 @@ def run(burst: bool = False, name: str | None = None) -> int:
     2 when Redis does not answer."""
     settings = get_settings()
     configure_openmp(settings.omp_wait_policy)  # before anything loads torch
+    if settings.keep_freed_memory:
+        keep_freed_memory()
     logging.basicConfig(level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     problem = check_redis(settings.redis_url)
     if problem is not None:
