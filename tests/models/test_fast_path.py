@@ -29,6 +29,7 @@ from models.execution import (
     set_fused_attention,
     with_autocast_weights,
 )
+from models.nn import GroupNorm32, norm_groups
 from models.pipeline import GenerationRequest, UnclipPipeline, _CastModel, load_pipeline
 from models.unet import AttentionBlock, UNetModel
 
@@ -280,3 +281,23 @@ def test_cuda_graphs_match_eager_on_gpu() -> None:
             [i for i in graphs.generate(REQUESTS, 256, FEW_STEPS).images if i is not None]
         )
     assert np.abs(images.astype(np.int16) - reference).mean() < 1.5
+
+
+@pytest.mark.parametrize(
+    ("channels", "dtype"), [(8, torch.bfloat16), (4, torch.float32), (32, torch.bfloat16)]
+)
+def test_group_norm_on_channels_last_keeps_values_and_layout(channels: int, dtype: torch.dtype) -> None:
+    """Narrow channels-last maps take the NCHW kernel and come back channels-last; wide ones stay
+    on the channels-last kernel. Either way the numbers are the contiguous input's."""
+    torch.manual_seed(0)
+    norm = GroupNorm32(norm_groups(channels), channels)
+    torch.nn.init.normal_(norm.weight)
+    torch.nn.init.normal_(norm.bias)
+    norm.upcast = dtype == torch.float32
+    x = torch.randn(2, channels, 24, 24).to(dtype)
+    expected = norm(x)
+    got = norm(x.contiguous(memory_format=torch.channels_last))
+    assert got.is_contiguous(memory_format=torch.channels_last) and got.dtype == dtype
+    torch.testing.assert_close(
+        got.float(), expected.float(), atol=2e-2 if dtype == torch.bfloat16 else 1e-5, rtol=0
+    )
