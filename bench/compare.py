@@ -56,6 +56,7 @@ VARIANTS: dict[str, ExecutionConfig] = {
     "bf16-all": replace(ExecutionConfig(), autocast_stages=UNET_STAGES),
     "cast-per-call": replace(ExecutionConfig(), cast_weights_once=False),
     "compile": replace(ExecutionConfig(), compile=True),
+    "compile-decoder": replace(ExecutionConfig(), compile=True, compile_stages=("decoder",)),
     "cuda-graphs": replace(ExecutionConfig(), cuda_graphs=True),
 }
 PEER_STAGES = {

@@ -68,9 +68,12 @@ class Settings(BaseSettings):
         description="torch.compile the UNets, warmed up at start for each batch bucket up to max_batch "
         "(minutes per network and bucket on a CPU; Inductor's cache keeps them across restarts)",
     )
+    compile_stages: tuple[Literal["decoder", "sr256", "sr1024"], ...] = Field(
+        default=("decoder", "sr256", "sr1024"), description="the UNets that compile_unets compiles"
+    )
     cuda_graphs: bool = Field(default=False, description="on CUDA: CUDA graphs for fixed batch buckets")
     micro_batch_sr256: int = Field(default=4, ge=0, le=256, description="rows run together (0: all)")
-    micro_batch_sr1024: int = Field(default=4, ge=0, le=256, description="rows run together (0: all)")
+    micro_batch_sr1024: int = Field(default=1, ge=0, le=256, description="rows run together (0: all)")
     keep_freed_memory: bool = Field(
         default=True,
         description="glibc's malloc keeps freed tensor memory for reuse instead of unmapping it "

@@ -16,7 +16,7 @@ the device computes in bf16 natively, so elsewhere the default runs in float32.
   call a copy of the network whose convolution and linear weights are already bfloat16, the values
   autocast would cast them to in every forward (about 280 casts per sr256 step), so the images
   are the same and the casts are paid once at load; the plain module stays float32.
-- ``compile``: ``torch.compile`` the UNets. ``cuda_graphs``: on CUDA, compile with CUDA graphs
+- ``compile``: ``torch.compile`` the UNets in ``compile_stages``. ``cuda_graphs``: on CUDA, compile with CUDA graphs
   ("reduce-overhead"). Either way each batch is padded up to the next of ``graph_buckets``, so a
   few shapes, compiled or captured once (the worker warms them up at start), serve every size.
 - ``micro_batch_*``: run a stage's rows in chunks of at most this many (0: all at once); rows draw
@@ -51,12 +51,15 @@ class ExecutionConfig:
     autocast_stages: tuple[StageName, ...] = ("sr256", "sr1024")
     cast_weights_once: bool = True
     compile: bool = False
+    compile_stages: tuple[StageName, ...] = UNET_STAGES
     cuda_graphs: bool = False
     graph_buckets: tuple[int, ...] = (1, 2, 4, 8, 16, 32)
     micro_batch_prior: int = 0
     micro_batch_decoder: int = 0
     micro_batch_sr256: int = 4
-    micro_batch_sr1024: int = 4
+    # One row at a time: a 1024² map of a batch of rows outgrows the 32 MiB that malloc keeps for
+    # reuse (models.host_memory); at batch 4, one row at a time took sr1024 from 4.4 to 1.8 s an image.
+    micro_batch_sr1024: int = 1
 
     def micro_batch(self, stage: StageName) -> int:
         """Most rows of ``stage`` run together (0: the whole batch)."""
@@ -184,7 +187,7 @@ def prepare_network(
     if config.channels_last:
         network.to(memory_format=torch.channels_last)
     graphs = config.cuda_graphs and device.type == "cuda"
-    if config.compile or graphs:
+    if (config.compile and stage in config.compile_stages) or graphs:
         mode = "reduce-overhead" if graphs else None
         compiled: Callable[..., torch.Tensor] = torch.compile(network, mode=mode, dynamic=False)
         return compiled
@@ -213,7 +216,8 @@ def network_call(
     """The :class:`NetworkCall` of one stage under ``config``."""
     # A compiled network or a captured graph serves fixed shapes: pad each batch to a bucket so a
     # few shapes (compiled once, at the worker's warm-up) serve every batch size.
-    fixed_shapes = (config.compile or (config.cuda_graphs and device.type == "cuda")) and stage in UNET_STAGES
+    compiled = config.compile and stage in config.compile_stages
+    fixed_shapes = (compiled or (config.cuda_graphs and device.type == "cuda")) and stage in UNET_STAGES
     return NetworkCall(
         network,
         dtype,

@@ -176,6 +176,7 @@ def execution_from_settings(settings: Settings) -> ExecutionConfig:
         autocast_stages=settings.autocast_stages,
         cast_weights_once=settings.cast_weights_once,
         compile=settings.compile_unets,
+        compile_stages=settings.compile_stages,
         cuda_graphs=settings.cuda_graphs,
         micro_batch_sr256=settings.micro_batch_sr256,
         micro_batch_sr1024=settings.micro_batch_sr1024,

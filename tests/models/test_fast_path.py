@@ -248,6 +248,20 @@ def test_schedule_constants_are_copied_to_a_device_once() -> None:
 
 
 @pytest.mark.slow
+def test_compile_stages_choose_which_unets_compile() -> None:
+    """Only the stages in ``compile_stages`` are wrapped (torch.compile compiles lazily: nothing
+    is compiled here) and only they pad to buckets."""
+    execution = replace(ExecutionConfig(), compile=True, compile_stages=("decoder",), graph_buckets=(4,))
+    config = UNetConfig(image_size=16, model_channels=16, channel_mult=(1, 2), attention_resolutions=(8,))
+    cpu = torch.device("cpu")
+    decoder = prepare_network("decoder", UNetModel(config), execution, cpu)
+    upsampler = prepare_network("sr256", UNetModel(config), execution, cpu)
+    assert isinstance(decoder, torch._dynamo.eval_frame.OptimizedModule)
+    assert isinstance(upsampler, UNetModel)
+    assert network_call("decoder", decoder, torch.float32, execution, cpu).buckets == (4,)
+    assert network_call("sr256", upsampler, torch.float32, execution, cpu).buckets == ()
+
+
 def test_compiled_unet_matches_eager() -> None:
     """torch.compile (Inductor, CPU) on a small UNet: the same outputs, batches padded to buckets."""
     torch.manual_seed(0)

@@ -24,8 +24,10 @@ def test_every_switch_reaches_the_execution_config() -> None:
         autocast_stages=("decoder",),
         compile_unets=True,
         cuda_graphs=True,
+        cast_weights_once=False,
+        compile_stages=("decoder",),
         micro_batch_sr256=2,
-        micro_batch_sr1024=1,
+        micro_batch_sr1024=3,
     )
     execution = execution_from_settings(settings)
     assert execution == ExecutionConfig(
@@ -33,10 +35,12 @@ def test_every_switch_reaches_the_execution_config() -> None:
         channels_last=True,
         autocast="bfloat16",
         autocast_stages=("decoder",),
+        cast_weights_once=False,
         compile=True,
+        compile_stages=("decoder",),
         cuda_graphs=True,
         micro_batch_sr256=2,
-        micro_batch_sr1024=1,
+        micro_batch_sr1024=3,
     )
 
 
