@@ -3,7 +3,7 @@
 ``create_app`` fixes them on ``app.state`` (from the environment, or a test's ``Settings``). They
 are read from there rather than swapped in through ``app.dependency_overrides``: while any
 override is set, FastAPI rebuilds every dependency of every request from the signatures
-(``inspect`` and pydantic on each call), about 2 ms of CPU per request.
+(``inspect`` and pydantic on each call): about 0.8 ms of a 3–4 ms POST on a 2-core Xeon.
 """
 
 from __future__ import annotations

@@ -244,3 +244,15 @@ def test_redis_down_is_503(tmp_path: Path) -> None:
             assert_error(response, 503, "redis_unavailable")
             assert int(response.headers["retry-after"]) > 0
         assert client.get("/metrics").status_code == 200  # the depth gauge is left out
+
+
+def test_the_apps_settings_reach_the_routes_without_dependency_overrides(
+    client: TestClient, settings: Settings
+) -> None:
+    """Any entry in ``dependency_overrides`` makes FastAPI rebuild every dependency of every
+    request from its signature (service/app_settings.py); the settings given to create_app
+    must still be the ones the routes see (here: its queue depth of 3)."""
+    assert client.app.dependency_overrides == {}  # type: ignore[attr-defined]
+    for i in range(settings.max_queue_depth):
+        assert client.post("/generate", json={"prompt": f"job {i}"}).status_code == 202
+    assert_error(client.post("/generate", json={"prompt": "one too many"}), 429, "queue_full")
