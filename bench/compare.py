@@ -396,9 +396,16 @@ def _forward_at(
 # -- the run --------------------------------------------------------------------------------------
 
 
-def environment(device: torch.device) -> dict[str, Any]:
-    import diffusers
+def peer_version() -> str:
+    """diffusers' version, or why it does not import (a ``--no-peer`` run goes on without it)."""
+    try:
+        import diffusers
+    except Exception as error:  # an ImportError, or a transformers release it cannot work with
+        return f"unavailable ({type(error).__name__})"
+    return str(diffusers.__version__)
 
+
+def environment(device: torch.device) -> dict[str, Any]:
     cpu = platform.processor() or platform.machine()
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
@@ -414,7 +421,7 @@ def environment(device: torch.device) -> dict[str, Any]:
         "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY", "(default)"),
         "malloc": "keeps freed memory" if KEPT_FREED_MEMORY else "glibc default",
         "torch": torch.__version__,
-        "diffusers": diffusers.__version__,
+        "diffusers": peer_version(),
         "python": platform.python_version(),
         "load_1min_start": os.getloadavg()[0],
     }
