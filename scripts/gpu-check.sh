@@ -18,9 +18,10 @@ mkdir -p "$OUT"
 exec > >(tee -a "$OUT/run.log") 2>&1
 export PYTHONUNBUFFERED=1
 
-if compgen -G ".whl/*.whl" >/dev/null; then
-    "$PYTHON" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
-        --target /tmp/unclip-site .whl/*.whl || exit 1
+if [ -f .whl/site.tar.xz ]; then  # made by scripts/gpu-wheels.sh
+    rm -rf /tmp/unclip-site && mkdir -p /tmp/unclip-site
+    tar -C /tmp/unclip-site -xJf .whl/site.tar.xz || exit 1
+    gzip /tmp/unclip-site/open_clip/bpe_simple_vocab_16e6.txt || exit 1
     export PYTHONPATH="/tmp/unclip-site:$PWD${PYTHONPATH:+:$PYTHONPATH}"
 else
     export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"

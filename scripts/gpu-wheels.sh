@@ -1,19 +1,58 @@
 #!/usr/bin/env bash
-# Fetch, on this machine, the Python packages that scripts/gpu-check.sh needs and the lent GPU
+# Pack, on this machine, the Python packages that scripts/gpu-check.sh needs and the lent GPU
 # machine lacks (it has Python 3.12 with torch, torchvision, safetensors, timm, transformers,
-# huggingface-hub, regex, pillow, numpy, tqdm, httpx, pytest; it cannot download anything).
-# They go to .whl/ (git-ignored), which the device call carries:
+# huggingface-hub, regex, pillow, numpy, tqdm, httpx, pytest, and cannot download anything):
+# open_clip, diffusers and their small dependencies, pinned to this project's versions.
 #
 #   bash scripts/gpu-wheels.sh
 #   device run, carry [".whl"]:  OUT=$OUT bash scripts/gpu-check.sh
 #
-# All are pure-Python wheels, pinned to the versions the project's own environment runs.
+# What travels to the device is capped at 64 MiB and the tracked tree (the bundled weights are
+# 55.6 MiB of it) is about 61.5, so the packages must fit in about 2 MiB: they go as one xz
+# archive of their installed files, with diffusers cut down to the modules the benchmark imports
+# (found by running `bench.compare --quick` on the cut-down copy, then checked by running it
+# again on what is kept) and open_clip's BPE vocabulary stored as plain text (xz packs it
+# smaller than its gzip; gpu-check.sh gzips it back).
 set -euo pipefail
 PYTHON="${PYTHON:-.venv/bin/python}"
-rm -rf .whl && mkdir -p .whl
+work=$(mktemp -d)
+trap 'rm -rf "$work"' EXIT
+site="$work/site"
 "$PYTHON" -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
-    --platform manylinux_2_28_x86_64 --platform manylinux2014_x86_64 --platform any -d .whl \
-    open_clip_torch==3.3.0 ftfy==6.3.1 wcwidth==0.9.4 diffusers==0.42.1 importlib_metadata==10.2.0 \
-    structlog==26.1.0
-ls -1 .whl
-du -sh .whl
+    --platform manylinux_2_28_x86_64 --platform manylinux2014_x86_64 --platform any -d "$work/wheels" \
+    open_clip_torch==3.3.0 ftfy==6.3.1 wcwidth==0.9.4 diffusers==0.42.1 importlib_metadata==10.2.0
+"$PYTHON" -m pip install -q --no-deps --no-compile --target "$site" "$work"/wheels/*.whl
+rm -rf "${site:?}/open_clip_train" "${site:?}/bin"
+
+smoke() {  # the benchmark's quick run with $site first on the path; prints the diffusers files it imported
+    PYTHONPATH="$site:$PWD" "$PYTHON" - "$site" <<'PY'
+import os, runpy, sys
+site = os.path.realpath(sys.argv[1])
+sys.argv = ["bench.compare", "--config", "tiny", "--quick", "--out", os.path.join(site, "..", "smoke")]
+with open(os.devnull, "w") as quiet:
+    stdout, sys.stdout = sys.stdout, quiet
+    try:
+        runpy.run_module("bench.compare", run_name="__main__")
+    except SystemExit as exit_:
+        if exit_.code:
+            raise
+    sys.stdout = stdout
+for name, module in list(sys.modules.items()):
+    path = getattr(module, "__file__", None)
+    if name.split(".")[0] == "diffusers" and path and os.path.realpath(path).startswith(site):
+        print(os.path.relpath(os.path.realpath(path), site))
+PY
+}
+
+smoke >"$work/used.txt"
+grep -q '^diffusers/pipelines/deprecated/unclip/' "$work/used.txt" || { echo "diffusers was not loaded from $site" >&2; exit 1; }
+# Keep what was imported; every other .py file of diffusers goes (its data files and metadata stay).
+find "$site/diffusers" -name '*.py' | sed "s#^$site/##" | sort >"$work/all.txt"
+sort "$work/used.txt" | comm -23 "$work/all.txt" - | sed "s#^#$site/#" | xargs rm -f
+find "$site" -name __pycache__ -type d -prune -exec rm -rf {} +
+find "$site/diffusers" -type d -empty -delete
+smoke >/dev/null  # what is left still runs the benchmark
+gunzip "$site/open_clip/bpe_simple_vocab_16e6.txt.gz"
+rm -rf .whl && mkdir -p .whl
+tar -C "$site" -cJf .whl/site.tar.xz .
+du -h .whl/site.tar.xz
