@@ -15,6 +15,7 @@ from PIL import Image
 
 from models.configs import SamplingConfig
 from models.evaluation.grid import save_grid
+from models.host_memory import keep_freed_memory
 from models.image_ops import (
     End,
     edit_requests,
@@ -105,6 +106,7 @@ def end(value: str) -> End:
 
 
 def _setup(args: argparse.Namespace) -> tuple[UnclipPipeline, SamplingConfig]:
+    keep_freed_memory()  # as the worker does: freed activations are reused, not faulted in again
     try:
         stages_for_size(args.size)
         pipeline = load_pipeline(args.weights, device=args.device, dtype=args.dtype)

@@ -46,8 +46,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     # Imported here so `unclip --help` does not load torch and the data world.
     from models.evaluation.evaluate import evaluate
+    from models.host_memory import keep_freed_memory
     from models.pipeline import load_pipeline
 
+    keep_freed_memory()  # as the worker does: freed activations are reused, not faulted in again
     if args.n < 2 or args.batch_size < 1:
         raise SystemExit("unclip evaluate: --n must be at least 2 and --batch-size at least 1")
     try:
