@@ -44,7 +44,6 @@ from models.host_memory import keep_freed_memory
 from models.pipeline import GenerationRequest, UnclipPipeline, load_pipeline
 
 RESULTS = Path(__file__).parent / "results"
-KEPT_FREED_MEMORY = False  # set by main(): whether malloc keeps freed memory (models.host_memory)
 VARIANTS: dict[str, ExecutionConfig] = {
     "baseline": BASELINE,
     "default": ExecutionConfig(),
@@ -405,7 +404,7 @@ def peer_version() -> str:
     return str(diffusers.__version__)
 
 
-def environment(device: torch.device) -> dict[str, Any]:
+def environment(device: torch.device, kept_freed_memory: bool) -> dict[str, Any]:
     cpu = platform.processor() or platform.machine()
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
@@ -419,7 +418,7 @@ def environment(device: torch.device) -> dict[str, Any]:
         "cores": os.cpu_count(),
         "threads": torch.get_num_threads(),
         "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY", "(default)"),
-        "malloc": "keeps freed memory" if KEPT_FREED_MEMORY else "glibc default",
+        "malloc": "keeps freed memory" if kept_freed_memory else "glibc default",
         "torch": torch.__version__,
         "diffusers": peer_version(),
         "python": platform.python_version(),
@@ -429,7 +428,7 @@ def environment(device: torch.device) -> dict[str, Any]:
 
 def run_device(args: argparse.Namespace, config: ModelConfig, device: torch.device) -> dict[str, Any]:
     print(f"{device}: peak probes", flush=True)
-    result: dict[str, Any] = {"environment": environment(device)}
+    result: dict[str, Any] = {"environment": environment(device, args.kept_freed_memory)}
     result["probes_gflop_per_s"] = probes = peak_probes(device, quick=args.quick)
     if not args.skip_forward:
         result["forward"] = forwards(args, config, device, probes)
@@ -485,8 +484,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
-    global KEPT_FREED_MEMORY
-    KEPT_FREED_MEMORY = not args.malloc_default and keep_freed_memory()
+    args.kept_freed_memory = not args.malloc_default and keep_freed_memory()
     if args.threads:
         torch.set_num_threads(args.threads)
     torch.set_flush_denormal(True)  # random weights must not wander into slow denormals

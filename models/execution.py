@@ -17,8 +17,9 @@ the device computes in bf16 natively, so elsewhere the default runs in float32.
   autocast would cast them to in every forward (about 280 casts per sr256 step), so the images
   are the same and the casts are paid once at load; the plain module stays float32.
 - ``compile``: ``torch.compile`` the UNets in ``compile_stages``. ``cuda_graphs``: on CUDA,
-  compile with CUDA graphs ("reduce-overhead"). Either way each batch is padded up to the next of ``graph_buckets``, so a
-  few shapes, compiled or captured once (the worker warms them up at start), serve every size.
+  compile with CUDA graphs ("reduce-overhead"). Either way each batch is padded up to the next
+  of ``graph_buckets``, so a few shapes, compiled or captured once (the worker warms them up at
+  start), serve every size.
 - ``micro_batch_*``: run a stage's rows in chunks of at most this many (0: all at once); rows draw
   their noise from their own seeds, so chunking does not change which numbers a row gets.
 """
