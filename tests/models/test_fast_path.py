@@ -57,6 +57,20 @@ class OpNames(TorchDispatchMode):
         return func(*args, **(kwargs or {}))
 
 
+class KernelInputs(TorchDispatchMode):
+    """Records the first tensor argument of every call of the aten op named ``name``."""
+
+    def __init__(self, name: str) -> None:
+        super().__init__()
+        self.name = name
+        self.inputs: list[torch.Tensor] = []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):  # type: ignore[no-untyped-def]
+        if self.name in str(func):
+            self.inputs.append(args[0])
+        return func(*args, **(kwargs or {}))
+
+
 def attention_block(seed: int = 0) -> AttentionBlock:
     torch.manual_seed(seed)
     block = AttentionBlock(64, 32, encoder_channels=48)
@@ -310,8 +324,11 @@ def test_group_norm_on_channels_last_keeps_values_and_layout(channels: int, dtyp
     norm.upcast = dtype == torch.float32
     x = torch.randn(2, channels, 24, 24).to(dtype)
     expected = norm(x)
-    got = norm(x.contiguous(memory_format=torch.channels_last))
+    with KernelInputs("native_group_norm") as kernel:
+        got = norm(x.contiguous(memory_format=torch.channels_last))
     assert got.is_contiguous(memory_format=torch.channels_last) and got.dtype == dtype
+    narrow = channels * x.element_size() < 32
+    assert [t.is_contiguous() for t in kernel.inputs] == [narrow]  # which kernel ran
     torch.testing.assert_close(
         got.float(), expected.float(), atol=2e-2 if dtype == torch.bfloat16 else 1e-5, rtol=0
     )
