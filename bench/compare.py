@@ -184,9 +184,15 @@ def summarise(runs: list[dict[str, Any]], batch: int, flops: dict[str, float], p
 
 
 def end_to_end(
-    args: argparse.Namespace, config: ModelConfig, device: torch.device, probes: dict[str, float]
-) -> list[dict[str, Any]]:
-    """Every contender at every size and batch, interleaved repeat by repeat."""
+    args: argparse.Namespace,
+    config: ModelConfig,
+    device: torch.device,
+    probes: dict[str, float],
+    rows: list[dict[str, Any]],
+    measured: Callable[[], None],
+) -> None:
+    """Every contender at every size and batch, interleaved repeat by repeat, appended to ``rows``
+    (``measured`` is called after each batch size)."""
     sampling = sampling_for(config, args.steps)
     contenders: dict[str, tuple[Any, bool]] = {}
     for name in args.variants:
@@ -201,11 +207,10 @@ def end_to_end(
             pipe = pipe.to(device, torch.bfloat16)
         pipe.set_progress_bar_config(disable=True)
         contenders["diffusers"] = (pipe, False)
-    rows = []
     for size in args.sizes:
         for batch in args.batches:
             rows += _compare_at(args, config, device, probes, contenders, sampling, size, batch)
-    return rows
+            measured()
 
 
 def _runner(name: str, contender: Any, inputs: dict[str, Any], size: int, sampling: SamplingConfig) -> Runner:
@@ -299,9 +304,15 @@ def forward_inputs(
 
 
 def forwards(
-    args: argparse.Namespace, config: ModelConfig, device: torch.device, probes: dict[str, float]
-) -> list[dict[str, Any]]:
-    """Each network's forward, ours without the stem against diffusers', interleaved."""
+    args: argparse.Namespace,
+    config: ModelConfig,
+    device: torch.device,
+    probes: dict[str, float],
+    rows: list[dict[str, Any]],
+    measured: Callable[[], None],
+) -> None:
+    """Each network's forward, ours without the stem against diffusers', interleaved, appended
+    to ``rows`` (``measured`` is called after each network and batch)."""
     matched = flop_matched(config)
     with device:
         peer = build_peer(config, config.prior.context_length).to(device)
@@ -315,7 +326,6 @@ def forwards(
         if (args.dtype == "bfloat16" or (args.dtype is None and device.type == "cuda"))
         else None
     )
-    rows = []
     for stage, peer_net in peer_nets.items():
         torch.manual_seed(0)
         with device:
@@ -324,7 +334,7 @@ def forwards(
             module, peer_net = module.to(dtype), peer_net.to(dtype)
         for batch in args.batches:
             rows += _forward_at(args, matched, stage, module, peer_net, batch, device, probes, dtype)
-    return rows
+            measured()
 
 
 def _forward_at(
@@ -426,16 +436,22 @@ def environment(device: torch.device, kept_freed_memory: bool) -> dict[str, Any]
     }
 
 
-def run_device(args: argparse.Namespace, config: ModelConfig, device: torch.device) -> dict[str, Any]:
+def run_device(
+    args: argparse.Namespace,
+    config: ModelConfig,
+    device: torch.device,
+    result: dict[str, Any],
+    measured: Callable[[], None],
+) -> None:
+    """Measure on ``device`` into ``result`` (one entry of the results' ``devices``)."""
     print(f"{device}: peak probes", flush=True)
-    result: dict[str, Any] = {"environment": environment(device, args.kept_freed_memory)}
+    result["environment"] = environment(device, args.kept_freed_memory)
     result["probes_gflop_per_s"] = probes = peak_probes(device, quick=args.quick)
     if not args.skip_forward:
-        result["forward"] = forwards(args, config, device, probes)
+        forwards(args, config, device, probes, result.setdefault("forward", []), measured)
     if not args.skip_end_to_end:
-        result["end_to_end"] = end_to_end(args, config, device, probes)
+        end_to_end(args, config, device, probes, result.setdefault("end_to_end", []), measured)
     result["environment"]["load_1min_end"] = os.getloadavg()[0]
-    return result
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
@@ -498,15 +514,24 @@ def main(argv: Sequence[str] | None = None) -> int:
         "args": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
         "config": config.name if args.config != "bundled" else "bundled",
         "sampling": asdict(sampling_for(config, args.steps)),
-        "devices": {d: run_device(args, config, torch.device(d)) for d in devices},
+        "devices": {},
     }
-    results["minutes"] = (time.time() - started) / 60
     stem = args.out or RESULTS / f"compare-{platform.node() or 'machine'}"
     stem.parent.mkdir(parents=True, exist_ok=True)
-    stem.with_suffix(".json").write_text(json.dumps(results, indent=1, default=str))
-    report = markdown_report(results)
-    stem.with_suffix(".md").write_text(report)
-    print(report)
+
+    def write() -> str:
+        # After every measured group, not only at the end: a run stopped by a time limit (a lent
+        # GPU's short lease) still leaves what it measured.
+        results["minutes"] = (time.time() - started) / 60
+        stem.with_suffix(".json").write_text(json.dumps(results, indent=1, default=str))
+        report = markdown_report(results)
+        stem.with_suffix(".md").write_text(report)
+        return report
+
+    for name in devices:
+        results["devices"][name] = {}
+        run_device(args, config, torch.device(name), results["devices"][name], write)
+    print(write())
     print(f"wrote {stem}.json and {stem}.md")
     return 0
 

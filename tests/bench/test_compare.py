@@ -127,3 +127,22 @@ def test_karlo_sized_configs_match_karlos_sizes() -> None:
     assert (
         0.95e9 < ours["prior"] < 1.1e9 and 0.8e9 < ours["decoder"] < 1.0e9 and 0.65e9 < ours["sr256"] < 0.8e9
     )
+
+
+def test_a_run_cut_short_leaves_what_it_measured(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A lent GPU's run can be stopped by its time limit: the files are written after every
+    measured group, so the forwards measured before the stop are on disk."""
+    pytest.importorskip("diffusers")
+    import bench.compare
+
+    def stopped(*args: object, **kwargs: object) -> None:
+        raise KeyboardInterrupt  # what the time limit's signal does mid-run
+
+    monkeypatch.setattr(bench.compare, "end_to_end", stopped)
+    stem = tmp_path / "cut"
+    with pytest.raises(KeyboardInterrupt):
+        bench.compare.main(["--quick", "--config", "tiny", "--variants", "default", "--out", str(stem)])
+    cpu = json.loads(stem.with_suffix(".json").read_text())["devices"]["cpu"]
+    assert {r["network"] for r in cpu["forward"]} == {"prior", "decoder", "sr256"}
+    assert "end_to_end" not in cpu
+    assert "### One forward at equal FLOPs (cpu)" in stem.with_suffix(".md").read_text()
