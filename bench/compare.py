@@ -189,7 +189,7 @@ def end_to_end(
     device: torch.device,
     probes: dict[str, float],
     rows: list[dict[str, Any]],
-    measured: Callable[[], None],
+    measured: Callable[[], object],
 ) -> None:
     """Every contender at every size and batch, interleaved repeat by repeat, appended to ``rows``
     (``measured`` is called after each batch size)."""
@@ -309,7 +309,7 @@ def forwards(
     device: torch.device,
     probes: dict[str, float],
     rows: list[dict[str, Any]],
-    measured: Callable[[], None],
+    measured: Callable[[], object],
 ) -> None:
     """Each network's forward, ours without the stem against diffusers', interleaved, appended
     to ``rows`` (``measured`` is called after each network and batch)."""
@@ -441,7 +441,7 @@ def run_device(
     config: ModelConfig,
     device: torch.device,
     result: dict[str, Any],
-    measured: Callable[[], None],
+    measured: Callable[[], object],
 ) -> None:
     """Measure on ``device`` into ``result`` (one entry of the results' ``devices``)."""
     print(f"{device}: peak probes", flush=True)
