@@ -57,6 +57,8 @@ VARIANTS: dict[str, ExecutionConfig] = {
     "compile": replace(ExecutionConfig(), compile=True),
     "compile-decoder": replace(ExecutionConfig(), compile=True, compile_stages=("decoder",)),
     "cuda-graphs": replace(ExecutionConfig(), cuda_graphs=True),
+    "native-norms": replace(ExecutionConfig(), native_norms_on_gpu=True),
+    "nchw-native-norms": replace(ExecutionConfig(), channels_last=False, native_norms_on_gpu=True),
 }
 PEER_STAGES = {
     "prior": ("prior",),
@@ -125,9 +127,11 @@ def run_peer(pipe: Any, inputs: dict[str, Any], sampling: SamplingConfig, clock:
     for stage, names in PEER_STAGES.items():
         for name in names:
             clock.attach(stage, getattr(pipe, name))
+    # The caption encodings arrive in float32; the pipeline's projections take its own dtype.
+    text_model_output = tuple(tensor.to(pipe.prior.dtype) for tensor in inputs["peer"])
     try:
         pipe(
-            text_model_output=inputs["peer"],
+            text_model_output=text_model_output,
             text_attention_mask=inputs["peer_mask"],
             prior_num_inference_steps=sampling.prior.steps,
             decoder_num_inference_steps=sampling.decoder.steps,
@@ -206,7 +210,7 @@ def end_to_end(
         if args.dtype == "bfloat16" or (args.dtype is None and device.type == "cuda"):
             pipe = pipe.to(device, torch.bfloat16)
         pipe.set_progress_bar_config(disable=True)
-        contenders["diffusers"] = (pipe, False)
+        contenders["diffusers"] = (pipe, pipe.prior.dtype == torch.bfloat16)
     for size in args.sizes:
         for batch in args.batches:
             rows += _compare_at(args, config, device, probes, contenders, sampling, size, batch)

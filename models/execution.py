@@ -20,8 +20,12 @@ the device computes in bf16 natively, so elsewhere the default runs in float32.
   compile with CUDA graphs ("reduce-overhead"). Either way each batch is padded up to the next
   of ``graph_buckets``, so a few shapes, compiled or captured once (the worker warms them up at
   start), serve every size.
-- ``micro_batch_*``: run a stage's rows in chunks of at most this many (0: all at once); rows draw
-  their noise from their own seeds, so chunking does not change which numbers a row gets.
+- ``micro_batch_*``: run a stage's rows in chunks of at most this many (0: all at once) on the
+  device types in ``micro_batch_devices``; rows draw their noise from their own seeds, so
+  chunking does not change which numbers a row gets.
+- ``native_norms_on_gpu``: on CUDA, GroupNorm takes a half-precision map as it is (PyTorch's CUDA
+  kernel accumulates in float32), as diffusers' networks do, instead of through float32 copies
+  of the whole map before and after. Off until measured on a GPU (docs/benchmark.md, "On a GPU").
 """
 
 from __future__ import annotations
@@ -61,9 +65,16 @@ class ExecutionConfig:
     # One row at a time: a 1024² map of a batch of rows outgrows the 32 MiB that malloc keeps for
     # reuse (models.host_memory); at batch 4, one row at a time took sr1024 from 4.4 to 1.8 s an image.
     micro_batch_sr1024: int = 1
+    # Chunks pay on the CPU, where a smaller working set stays in cache and in malloc's kept
+    # memory; a GPU's throughput grows with the batch (Karlo-sized sr256 on the H200, 2026-12-04:
+    # 62 ms a row alone, 37 ms a row in a forward of 16), so there every stage runs whole.
+    micro_batch_devices: tuple[str, ...] = ("cpu",)
+    native_norms_on_gpu: bool = False
 
-    def micro_batch(self, stage: StageName) -> int:
-        """Most rows of ``stage`` run together (0: the whole batch)."""
+    def micro_batch(self, stage: StageName, device: torch.device | None = None) -> int:
+        """Most rows of ``stage`` run together on ``device`` (0: the whole batch)."""
+        if device is not None and device.type not in self.micro_batch_devices:
+            return 0
         rows: int = getattr(self, f"micro_batch_{stage}", 0)
         return rows
 
@@ -182,9 +193,14 @@ def prepare_network(
     autocast_dtype = config.autocast_dtype(stage, device)
     if autocast_dtype is not None and config.cast_weights_once:
         network = with_autocast_weights(network, autocast_dtype)
+    # Half precision in, float32 accumulation, no upcast copies: on the CPU where the stage
+    # autocasts, on CUDA when asked.
+    native = (autocast_dtype is not None and device.type == "cpu") or (
+        config.native_norms_on_gpu and device.type == "cuda"
+    )
     for norm in network.modules():
-        if isinstance(norm, GroupNorm32):  # bf16 in, float32 accumulation, no upcast copies
-            norm.upcast = autocast_dtype is None or device.type != "cpu"
+        if isinstance(norm, GroupNorm32):
+            norm.upcast = not native
     if config.channels_last:
         network.to(memory_format=torch.channels_last)
     graphs = config.cuda_graphs and device.type == "cuda"

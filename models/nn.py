@@ -22,9 +22,10 @@ class GroupNorm32(nn.GroupNorm):
     Works whether the module's own parameters are float32 (autocast) or half precision
     (a network cast with ``.to(torch.bfloat16)``).
 
-    ``upcast`` False (set by :func:`models.execution.prepare_network` for stages that autocast on
-    the CPU) hands a bfloat16 ``x`` to the kernel as it is: the CPU kernel accumulates in float32
-    with float32 parameters, giving the same numbers (to 1 ulp) without the two full-size copies.
+    ``upcast`` False (set by :func:`models.execution.prepare_network`) hands a half-precision
+    ``x`` to the kernel as it is, without the two full-size copies: the CPU kernel accumulates in
+    float32 with float32 parameters, giving the same numbers (to 1 ulp); the CUDA kernel
+    accumulates in float32 too but wants the parameters in ``x``'s dtype.
     """
 
     upcast = True
@@ -33,6 +34,10 @@ class GroupNorm32(nn.GroupNorm):
         weight = None if self.weight is None else self.weight.float()
         bias = None if self.bias is None else self.bias.float()
         if not self.upcast and x.dtype == torch.bfloat16 and x.device.type == "cpu":
+            return _group_norm(x, self.num_groups, weight, bias, self.eps)
+        if not self.upcast and x.dtype in (torch.bfloat16, torch.float16) and x.device.type == "cuda":
+            weight = None if weight is None else weight.to(x.dtype)
+            bias = None if bias is None else bias.to(x.dtype)
             return _group_norm(x, self.num_groups, weight, bias, self.eps)
         return _group_norm(x.float(), self.num_groups, weight, bias, self.eps).to(x.dtype)
 

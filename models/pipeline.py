@@ -494,7 +494,7 @@ class UnclipPipeline:
         assert low_res is not None
         side = getattr(self.config, stage).unet.image_size
         # Micro-batches (ExecutionConfig.micro_batch_*): each row keeps its own seed's noise.
-        parts = chunks(len(seeds), self.execution.micro_batch(stage))
+        parts = chunks(len(seeds), self.execution.micro_batch(stage, self.device))
         outs = [
             denoise(
                 stage,

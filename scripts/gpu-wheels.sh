@@ -24,34 +24,10 @@ site="$work/site"
 "$PYTHON" -m pip install -q --no-deps --no-compile --target "$site" "$work"/wheels/*.whl
 rm -rf "${site:?}/open_clip_train" "${site:?}/bin"
 
-smoke() {  # the benchmark's quick run with $site first on the path; prints the diffusers files it imported
-    PYTHONPATH="$site:$PWD" "$PYTHON" - "$site" <<'PY'
-import os, runpy, sys
-site = os.path.realpath(sys.argv[1])
-sys.argv = ["bench.compare", "--config", "tiny", "--quick", "--out", os.path.join(site, "..", "smoke")]
-with open(os.devnull, "w") as quiet:
-    stdout, sys.stdout = sys.stdout, quiet
-    try:
-        runpy.run_module("bench.compare", run_name="__main__")
-    except SystemExit as exit_:
-        if exit_.code:
-            raise
-    sys.stdout = stdout
-for name, module in list(sys.modules.items()):
-    path = getattr(module, "__file__", None)
-    if name.split(".")[0] == "diffusers" and path and os.path.realpath(path).startswith(site):
-        print(os.path.relpath(os.path.realpath(path), site))
-PY
-}
-
-smoke >"$work/used.txt"
-grep -q '^diffusers/pipelines/deprecated/unclip/' "$work/used.txt" || { echo "diffusers was not loaded from $site" >&2; exit 1; }
-# Keep what was imported; every other .py file of diffusers goes (its data files and metadata stay).
-find "$site/diffusers" -name '*.py' | sed "s#^$site/##" | sort >"$work/all.txt"
-sort "$work/used.txt" | comm -23 "$work/all.txt" - | sed "s#^#$site/#" | xargs rm -f
+# diffusers travels whole: which of its modules load depends on the transformers release beside
+# it (cutting it down to what loaded here, with transformers 5.24, broke its import on the GPU
+# machine's 5.17 on 2026-12-04). Its caches and tests go.
 find "$site" -name __pycache__ -type d -prune -exec rm -rf {} +
-find "$site/diffusers" -type d -empty -delete
-smoke >/dev/null  # what is left still runs the benchmark
 gunzip "$site/open_clip/bpe_simple_vocab_16e6.txt.gz"
 rm -rf .whl && mkdir -p .whl
 tar -C "$site" -cJf .whl/site.tar.xz .

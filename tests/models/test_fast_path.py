@@ -8,6 +8,7 @@ bfloat16 autocast on the upsamplers moves pixels by 0.38/255 on average (99th pe
 
 from __future__ import annotations
 
+import copy
 from dataclasses import replace
 
 import numpy as np
@@ -332,3 +333,54 @@ def test_group_norm_on_channels_last_keeps_values_and_layout(channels: int, dtyp
     torch.testing.assert_close(
         got.float(), expected.float(), atol=2e-2 if dtype == torch.bfloat16 else 1e-5, rtol=0
     )
+
+
+def test_micro_batches_apply_on_the_cpu_only() -> None:
+    """Chunks pay on the CPU (cache, malloc's kept memory); a GPU runs every stage whole."""
+    config = ExecutionConfig()
+    assert config.micro_batch("sr256", torch.device("cpu")) == config.micro_batch_sr256 > 0
+    assert config.micro_batch("sr1024", torch.device("cpu")) == config.micro_batch_sr1024 > 0
+    assert config.micro_batch("sr256", torch.device("cuda")) == 0
+    assert (
+        replace(config, micro_batch_devices=("cpu", "cuda")).micro_batch("sr256", torch.device("cuda")) == 4
+    )
+
+
+def test_native_norms_on_gpu_change_nothing_on_the_cpu() -> None:
+    """The switch is for CUDA: on the CPU every GroupNorm keeps the upcast it had without it."""
+    torch.manual_seed(0)
+    unet = UNetModel(UNetConfig(image_size=16, model_channels=16, channel_mult=(1, 2)))
+    for autocast in ("off", "bfloat16"):
+        config = replace(ExecutionConfig(), autocast=autocast)
+        expected = {
+            n: m.upcast
+            for n, m in prepare_network(
+                "sr256", copy.deepcopy(unet), config, torch.device("cpu")
+            ).named_modules()
+            if isinstance(m, GroupNorm32)
+        }
+        switched = prepare_network(
+            "sr256", copy.deepcopy(unet), replace(config, native_norms_on_gpu=True), torch.device("cpu")
+        )
+        got = {n: m.upcast for n, m in switched.named_modules() if isinstance(m, GroupNorm32)}
+        assert got == expected and len(got) > 0
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_native_group_norm_on_gpu_matches_the_upcast_one(dtype: torch.dtype) -> None:
+    """Half precision straight into the CUDA kernel (float32 accumulation inside) against the
+    float32 copies, in both memory formats."""
+    torch.manual_seed(0)
+    norm = GroupNorm32(32, 320).cuda()
+    torch.nn.init.normal_(norm.weight)
+    torch.nn.init.normal_(norm.bias)
+    norm = norm.to(dtype)
+    x = torch.randn(4, 320, 64, 64, device="cuda").to(dtype)
+    expected = norm(x)
+    norm.upcast = False
+    for memory_format in (torch.contiguous_format, torch.channels_last):
+        got = norm(x.contiguous(memory_format=memory_format))
+        assert got.dtype == dtype
+        torch.testing.assert_close(got.float(), expected.float(), atol=2e-2, rtol=1e-2)
