@@ -8,11 +8,10 @@
 #   device run, carry [".whl"]:  OUT=$OUT bash scripts/gpu-check.sh
 #
 # What travels to the device is capped at 64 MiB and the tracked tree (the bundled weights are
-# 55.6 MiB of it) is about 61.5, so the packages must fit in about 2 MiB: they go as one xz
-# archive of their installed files, with diffusers cut down to the modules the benchmark imports
-# (found by running `bench.compare --quick` on the cut-down copy, then checked by running it
-# again on what is kept) and open_clip's BPE vocabulary stored as plain text (xz packs it
-# smaller than its gzip; gpu-check.sh gzips it back).
+# 55.6 MiB of it) is about 61.5, so the packages go as one xz archive of their installed files
+# (3.5 MiB), with open_clip's BPE vocabulary stored as plain text (xz packs it smaller than its
+# gzip; gpu-check.sh gzips it back). Even so the call needs docs' pictures out of the working
+# tree (scripts/gpu-check.sh says how).
 set -euo pipefail
 PYTHON="${PYTHON:-.venv/bin/python}"
 work=$(mktemp -d)
@@ -26,7 +25,7 @@ rm -rf "${site:?}/open_clip_train" "${site:?}/bin"
 
 # diffusers travels whole: which of its modules load depends on the transformers release beside
 # it (cutting it down to what loaded here, with transformers 5.24, broke its import on the GPU
-# machine's 5.17 on 2026-12-04). Its caches and tests go.
+# machine's 5.17 on 2026-12-04). Only its bytecode caches go.
 find "$site" -name __pycache__ -type d -prune -exec rm -rf {} +
 gunzip "$site/open_clip/bpe_simple_vocab_16e6.txt.gz"
 rm -rf .whl && mkdir -p .whl
