@@ -57,7 +57,10 @@ class Settings(BaseSettings):
     autocast: Literal["off", "bfloat16"] = Field(
         default="bfloat16", description="bfloat16 autocast of autocast_stages where the device has bf16"
     )
-    autocast_stages: tuple[Literal["decoder", "sr256", "sr1024"], ...] = ("sr256", "sr1024")
+    autocast_stages: Annotated[tuple[Literal["decoder", "sr256", "sr1024"], ...], NoDecode] = (
+        "sr256",
+        "sr1024",
+    )
     cast_weights_once: bool = Field(
         default=True,
         description="autocast stages keep a bf16 copy of their conv/linear weights instead of "
@@ -68,12 +71,22 @@ class Settings(BaseSettings):
         description="torch.compile the UNets, warmed up at start for each batch bucket up to max_batch "
         "(minutes per network and bucket on a CPU; Inductor's cache keeps them across restarts)",
     )
-    compile_stages: tuple[Literal["decoder", "sr256", "sr1024"], ...] = Field(
+    compile_stages: Annotated[tuple[Literal["decoder", "sr256", "sr1024"], ...], NoDecode] = Field(
         default=("decoder", "sr256", "sr1024"), description="the UNets that compile_unets compiles"
     )
     cuda_graphs: bool = Field(default=False, description="on CUDA: CUDA graphs for fixed batch buckets")
     micro_batch_sr256: int = Field(default=4, ge=0, le=256, description="rows run together (0: all)")
     micro_batch_sr1024: int = Field(default=1, ge=0, le=256, description="rows run together (0: all)")
+    micro_batch_devices: Annotated[tuple[Literal["cpu", "cuda"], ...], NoDecode] = Field(
+        default=("cpu",),
+        description="device types the micro-batches apply to; elsewhere every stage runs whole (a "
+        "GPU's throughput grows with the batch; add cuda where a GPU runs out of memory)",
+    )
+    native_norms_on_gpu: bool = Field(
+        default=False,
+        description="on CUDA, GroupNorm takes half-precision maps as they are (float32 accumulation "
+        "inside the kernel) instead of through float32 copies; off until measured on a GPU",
+    )
     keep_freed_memory: bool = Field(
         default=True,
         description="glibc's malloc keeps freed tensor memory for reuse instead of unmapping it "
@@ -198,15 +211,18 @@ class Settings(BaseSettings):
             )
         return value
 
-    @field_validator("cors_origins", mode="before")
+    @field_validator(
+        "cors_origins", "autocast_stages", "compile_stages", "micro_batch_devices", mode="before"
+    )
     @classmethod
-    def _split_origins(cls, value: object) -> object:
-        """``UNCLIP_CORS_ORIGINS=https://a.example,https://b.example`` (a JSON list works too)."""
+    def _split_list(cls, value: object) -> object:
+        """Lists from the environment, comma-separated (``UNCLIP_COMPILE_STAGES=decoder,sr256``,
+        ``UNCLIP_CORS_ORIGINS=https://a.example,https://b.example``); a JSON list works too."""
         if isinstance(value, str):
             text = value.strip()
             if text.startswith("["):
                 return json.loads(text)
-            return [origin.strip() for origin in text.split(",") if origin.strip()]
+            return [item.strip() for item in text.split(",") if item.strip()]
         return value
 
     @field_validator("redis_url")

@@ -180,6 +180,8 @@ def execution_from_settings(settings: Settings) -> ExecutionConfig:
         cuda_graphs=settings.cuda_graphs,
         micro_batch_sr256=settings.micro_batch_sr256,
         micro_batch_sr1024=settings.micro_batch_sr1024,
+        micro_batch_devices=settings.micro_batch_devices,
+        native_norms_on_gpu=settings.native_norms_on_gpu,
     )
 
 

@@ -80,3 +80,18 @@ def test_get_settings_is_cached_and_built_lazily(monkeypatch: pytest.MonkeyPatch
         assert get_settings().queue == "lazy"
     finally:
         get_settings.cache_clear()
+
+
+@pytest.mark.parametrize("value", ["decoder", "decoder, sr256", '["decoder", "sr256"]'])
+def test_stage_and_device_lists_read_commas_or_json(monkeypatch: pytest.MonkeyPatch, value: str) -> None:
+    """The form docs/benchmark.md gives (`UNCLIP_COMPILE_STAGES=decoder`) as well as a JSON list."""
+    expected = tuple(stage for stage in ("decoder", "sr256") if stage in value)
+    monkeypatch.setenv("UNCLIP_COMPILE_STAGES", value)
+    monkeypatch.setenv("UNCLIP_AUTOCAST_STAGES", value)
+    monkeypatch.setenv("UNCLIP_MICRO_BATCH_DEVICES", "cpu,cuda")
+    settings = Settings()
+    assert settings.compile_stages == expected and settings.autocast_stages == expected
+    assert settings.micro_batch_devices == ("cpu", "cuda")
+    monkeypatch.setenv("UNCLIP_COMPILE_STAGES", "decoder,sr512")
+    with pytest.raises(ValidationError, match="compile_stages"):
+        Settings()

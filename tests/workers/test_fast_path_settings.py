@@ -28,6 +28,8 @@ def test_every_switch_reaches_the_execution_config() -> None:
         compile_stages=("decoder",),
         micro_batch_sr256=2,
         micro_batch_sr1024=3,
+        micro_batch_devices=("cpu", "cuda"),
+        native_norms_on_gpu=True,
     )
     execution = execution_from_settings(settings)
     assert execution == ExecutionConfig(
@@ -41,6 +43,8 @@ def test_every_switch_reaches_the_execution_config() -> None:
         cuda_graphs=True,
         micro_batch_sr256=2,
         micro_batch_sr1024=3,
+        micro_batch_devices=("cpu", "cuda"),
+        native_norms_on_gpu=True,
     )
 
 
