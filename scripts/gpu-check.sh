@@ -4,8 +4,10 @@
 # 120 + 100 s, inside the device tool's 10 minutes a command; a step cut short keeps what it
 # measured, bench.compare writes after every group):
 #   1. karlo-forward: each network's forward at Karlo's sizes in bf16, ours against diffusers,
-#      with the layouts and norms that the first lease (2026-12-04) pointed at: our sr256 ran at
-#      0.66x diffusers' per forward at batch 16 (channels_last, float32 GroupNorm copies).
+#      with the switches that the first lease (2026-12-04) pointed at: our sr256 ran at 0.66x
+#      diffusers' per forward at batch 16 (channels_last; float32 GroupNorm copies; autocast on
+#      top of bf16 weights, which sends GroupNorm through float32 again: variant fp32 is
+#      autocast off, the network still bf16).
 #   2. karlo: end to end at batch 1 and 16.
 #   3. the CUDA tests (the CPU tests of the same file run in CI; the compiled-UNet test alone
 #      outlasts a minute on that machine's CPU). No Redis there: only tests that need none.
@@ -48,7 +50,7 @@ if [ "${GPU_CHECK_SMOKE:-0}" = 1 ]; then
 else
     DEVICE=cuda
     KARLO=(--config karlo --batches 1 16 --repeats 2 --forward-repeats 3)
-    FORWARD_VARIANTS=(default nchw native-norms nchw-native-norms)
+    FORWARD_VARIANTS=(default fp32 nchw native-norms nchw-native-norms)
     BUNDLED=(--batches 1 16 --repeats 2 --skip-forward --no-peer)
     GRAPHS=(default cuda-graphs)
 fi
