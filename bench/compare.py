@@ -57,8 +57,13 @@ VARIANTS: dict[str, ExecutionConfig] = {
     "compile": replace(ExecutionConfig(), compile=True),
     "compile-decoder": replace(ExecutionConfig(), compile=True, compile_stages=("decoder",)),
     "cuda-graphs": replace(ExecutionConfig(), cuda_graphs=True),
+    # On CUDA, autocast runs GroupNorm in float32 whatever the switch says: the switch shows
+    # alone only on stages that do not autocast (the decoder) or with autocast off.
     "native-norms": replace(ExecutionConfig(), native_norms_on_gpu=True),
-    "nchw-native-norms": replace(ExecutionConfig(), channels_last=False, native_norms_on_gpu=True),
+    "fp32-native-norms": replace(ExecutionConfig(), autocast="off", native_norms_on_gpu=True),
+    "nchw-fp32-native-norms": replace(
+        ExecutionConfig(), channels_last=False, autocast="off", native_norms_on_gpu=True
+    ),
 }
 PEER_STAGES = {
     "prior": ("prior",),

@@ -50,7 +50,7 @@ if [ "${GPU_CHECK_SMOKE:-0}" = 1 ]; then
 else
     DEVICE=cuda
     KARLO=(--config karlo --batches 1 16 --repeats 2 --forward-repeats 3)
-    FORWARD_VARIANTS=(default fp32 nchw native-norms nchw-native-norms)
+    FORWARD_VARIANTS=(default fp32 nchw native-norms fp32-native-norms nchw-fp32-native-norms)
     BUNDLED=(--batches 1 16 --repeats 2 --skip-forward --no-peer)
     GRAPHS=(default cuda-graphs)
 fi
