@@ -207,7 +207,11 @@ def end_to_end(
     for name in args.variants:
         execution = VARIANTS[name]
         pipeline = build_ours(args, config, device, execution)
-        bf16 = pipeline.dtype == torch.bfloat16 or execution.autocast != "off"
+        # Against the bf16 peak only where some stage really computes in bf16 (autocast asks for
+        # it only where the device has bf16 arithmetic).
+        bf16 = pipeline.dtype == torch.bfloat16 or any(
+            execution.autocast_dtype(stage, device) is not None for stage in UNET_STAGES
+        )
         contenders[f"ours:{name}"] = (pipeline, bf16)
     if not args.no_peer:
         with device:

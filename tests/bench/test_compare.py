@@ -14,8 +14,9 @@ import torch
 import torch.nn.functional as F
 from torch.utils.flop_counter import FlopCounterMode
 
-from bench.measure import flop_counter, peak_probes
+from bench.measure import flop_counter, peak_for, peak_probes
 from models.configs import get_config
+from models.execution import bf16_supported
 from models.factory import create_stage_module
 from models.nn import count_parameters
 
@@ -102,6 +103,13 @@ def test_quick_run_writes_json_and_markdown(tmp_path: Path) -> None:
         assert abs(ours["gflop_per_row"] - theirs["gflop_per_row"]) / theirs["gflop_per_row"] < 0.1, network
     report = stem.with_suffix(".md").read_text()
     assert "### End to end (cpu)" in report and "| 256² | diffusers |" in report
+    # % of peak against the precision each side computes in: ours' autocast is bf16 only where
+    # this CPU has bf16 arithmetic; diffusers runs float32 here.
+    probes = cpu["probes_gflop_per_s"]
+    ours_bf16 = bf16_supported(torch.device("cpu"))
+    for name, bf16 in (("ours:default", ours_bf16), ("diffusers", False)):
+        row = rows[name]
+        assert row["fraction_of_peak"] == pytest.approx(row["gflop_per_s"] / peak_for(probes, bf16)), name
 
 
 def test_karlo_sized_configs_match_karlos_sizes() -> None:
