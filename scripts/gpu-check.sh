@@ -6,8 +6,9 @@
 #   1. karlo-forward: each network's forward at Karlo's sizes in bf16, ours against diffusers,
 #      with the switches that the first lease (2026-12-04) pointed at: our sr256 ran at 0.66x
 #      diffusers' per forward at batch 16 (channels_last; float32 GroupNorm copies; autocast on
-#      top of bf16 weights, which sends GroupNorm through float32 again: variant fp32 is
-#      autocast off, the network still bf16).
+#      top of bf16 weights, which sends GroupNorm through float32 again). Variants: default,
+#      fp32 (autocast off, the network still bf16), nchw, native-norms, and native norms with
+#      autocast off, channels-last and NCHW.
 #   2. karlo: end to end at batch 1 and 16.
 #   3. the CUDA tests (the CPU tests of the same file run in CI; the compiled-UNet test alone
 #      outlasts a minute on that machine's CPU). No Redis there: only tests that need none.
