@@ -71,9 +71,9 @@ class ExecutionConfig:
     micro_batch_devices: tuple[str, ...] = ("cpu",)
     native_norms_on_gpu: bool = False
 
-    def micro_batch(self, stage: StageName, device: torch.device | None = None) -> int:
+    def micro_batch(self, stage: StageName, device: torch.device) -> int:
         """Most rows of ``stage`` run together on ``device`` (0: the whole batch)."""
-        if device is not None and device.type not in self.micro_batch_devices:
+        if device.type not in self.micro_batch_devices:
             return 0
         rows: int = getattr(self, f"micro_batch_{stage}", 0)
         return rows
