@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Everything a lent GPU session should measure, in one command (docs/benchmark.md, "On a GPU";
-# issue 17's GPU targets), in order of worth, each step under its own time limit (120 + 130 +
-# 120 + 100 s, inside the device tool's 10 minutes a command; a step cut short keeps what it
+# issue 17's GPU targets), in order of worth, each step under its own time limit (120 + 3 × 30 +
+# 130 + 120 + 100 s, inside the device tool's 10 minutes a command; a step cut short keeps what it
 # measured, bench.compare writes after every group):
 #   1. karlo-forward: each network's forward at Karlo's sizes in bf16, ours against diffusers,
 #      with the switches that the first lease (2026-12-04) pointed at: our sr256 ran at 0.66x
@@ -9,16 +9,19 @@
 #      top of bf16 weights, which sends GroupNorm through float32 again). Variants: default,
 #      fp32 (autocast off, the network still bf16), nchw, native-norms, and native norms with
 #      autocast off, channels-last and NCHW.
-#   2. karlo: end to end at batch 1 and 16.
-#   3. the CUDA tests (the CPU tests of the same file run in CI; the compiled-UNet test alone
+#   2. profiles: where a forward's time goes (bench.profile_step, ours beside diffusers): the
+#      bundled decoder at batch 2 and 32 (20.6 and 34 ms a step on the first lease for about
+#      1 GFLOP a row: host-bound or kernel-bound?) and sr256 at batch 32; tables in run.log.
+#   3. karlo: end to end at batch 1 and 16.
+#   4. the CUDA tests (the CPU tests of the same file run in CI; the compiled-UNet test alone
 #      outlasts a minute on that machine's CPU). No Redis there: only tests that need none.
-#   4. bundled: what CUDA graphs buy on the bundled model, with torch's recompile and CUDA-graph
+#   5. bundled: what CUDA graphs buy on the bundled model, with torch's recompile and CUDA-graph
 #      logs (on 2026-12-04 they bought nothing, unexplained).
 # Results go to $OUT (at most 8 files come back): env.txt, run.log (everything printed, the tests
 # and logs too), karlo-forward.{json,md}, karlo.{json,md}, bundled.{json,md}.
 #
 #   bash scripts/gpu-wheels.sh                 # here, once: the packages the GPU machine lacks
-#   OUT=$OUT bash scripts/gpu-check.sh         # there (carry .whl), timeout_s 540
+#   OUT=$OUT bash scripts/gpu-check.sh         # there (carry .whl), timeout_s 580
 #
 # What travels is capped at 64 MiB: with the archive, the tracked tree is just over it, so
 # delete docs' pictures from the working tree for the call (`git ls-files docs | grep -E
@@ -48,12 +51,16 @@ if [ "${GPU_CHECK_SMOKE:-0}" = 1 ]; then
     FORWARD_VARIANTS=(default)
     BUNDLED=(--quick)
     GRAPHS=(default)
+    PROFILE=(--config tiny --forwards 1 --warmup 1)
+    PROFILE_BATCHES=(1)
 else
     DEVICE=cuda
     KARLO=(--config karlo --batches 1 16 --repeats 2 --forward-repeats 3)
     FORWARD_VARIANTS=(default fp32 nchw native-norms fp32-native-norms nchw-fp32-native-norms)
     BUNDLED=(--batches 1 16 --repeats 2 --skip-forward --no-peer)
     GRAPHS=(default cuda-graphs)
+    PROFILE=(--config bundled --peer)
+    PROFILE_BATCHES=(2 32)
 fi
 
 {
@@ -84,6 +91,12 @@ step() {  # step SECONDS NAME COMMAND...: run with a time limit, keep going on f
 
 step 120 karlo-forward "$PYTHON" -m bench.compare --devices "$DEVICE" --skip-end-to-end \
     --variants "${FORWARD_VARIANTS[@]}" "${KARLO[@]}" --out "$OUT/karlo-forward"
+for batch in "${PROFILE_BATCHES[@]}"; do
+    step 30 "profile-decoder-$batch" "$PYTHON" -m bench.profile_step --device "$DEVICE" --stage decoder \
+        --batch "$batch" "${PROFILE[@]}"
+done
+step 30 profile-sr256 "$PYTHON" -m bench.profile_step --device "$DEVICE" --stage sr256 \
+    --batch "${PROFILE_BATCHES[-1]}" "${PROFILE[@]}"
 step 130 karlo "$PYTHON" -m bench.compare --devices "$DEVICE" --skip-forward --variants default \
     "${KARLO[@]}" --out "$OUT/karlo"
 step 120 tests "$PYTHON" -m pytest -q -p no:cacheprovider -o addopts="" -m gpu tests/models/test_fast_path.py
