@@ -51,6 +51,8 @@ VARIANTS: dict[str, ExecutionConfig] = {
     "fused-off": replace(ExecutionConfig(), fused_attention=False),
     "no-micro-batch": replace(ExecutionConfig(), micro_batch_sr256=0, micro_batch_sr1024=0),
     "nchw": replace(ExecutionConfig(), channels_last=False),
+    # The default before channels_last became CPU-only: NHWC on CUDA too.
+    "channels-last-gpu": replace(ExecutionConfig(), channels_last_devices=("cpu", "cuda")),
     "nchw-fp32": replace(ExecutionConfig(), channels_last=False, autocast="off"),
     "bf16-all": replace(ExecutionConfig(), autocast_stages=UNET_STAGES),
     "cast-per-call": replace(ExecutionConfig(), cast_weights_once=False),
@@ -61,8 +63,8 @@ VARIANTS: dict[str, ExecutionConfig] = {
     # alone only on stages that do not autocast (the decoder) or with autocast off.
     "native-norms": replace(ExecutionConfig(), native_norms_on_gpu=True),
     "fp32-native-norms": replace(ExecutionConfig(), autocast="off", native_norms_on_gpu=True),
-    "nchw-fp32-native-norms": replace(
-        ExecutionConfig(), channels_last=False, autocast="off", native_norms_on_gpu=True
+    "channels-last-gpu-fp32-native-norms": replace(
+        ExecutionConfig(), channels_last_devices=("cpu", "cuda"), autocast="off", native_norms_on_gpu=True
     ),
 }
 PEER_STAGES = {

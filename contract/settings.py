@@ -54,6 +54,11 @@ class Settings(BaseSettings):
     # -- speed: the fast path's switches (models/execution.py; `make bench` measures each) -----
     fused_attention: bool = Field(default=True, description="UNet attention on tokens (fused SDPA kernel)")
     channels_last: bool = Field(default=True, description="UNet weights and activations in NHWC")
+    channels_last_devices: Annotated[tuple[Literal["cpu", "cuda"], ...], NoDecode] = Field(
+        default=("cpu",),
+        description="device types channels_last applies to (CUDA's GroupNorm converts a "
+        "channels-last map to NCHW and back around every norm)",
+    )
     autocast: Literal["off", "bfloat16"] = Field(
         default="bfloat16", description="bfloat16 autocast of autocast_stages where the device has bf16"
     )
@@ -212,7 +217,12 @@ class Settings(BaseSettings):
         return value
 
     @field_validator(
-        "cors_origins", "autocast_stages", "compile_stages", "micro_batch_devices", mode="before"
+        "cors_origins",
+        "autocast_stages",
+        "compile_stages",
+        "micro_batch_devices",
+        "channels_last_devices",
+        mode="before",
     )
     @classmethod
     def _split_list(cls, value: object) -> object:

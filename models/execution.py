@@ -10,7 +10,10 @@ the device computes in bf16 natively, so elsewhere the default runs in float32.
 - ``fused_attention``: the UNet's attention works on tokens, so q/k/v reach
   ``scaled_dot_product_attention`` with unit last stride and its fused (flash) kernel runs; the
   channel layout hands it transposed views and it falls back to the unfused math path.
-- ``channels_last``: UNet weights and activations in NHWC, which oneDNN's convolutions prefer.
+- ``channels_last``: UNet weights and activations in NHWC, which oneDNN's convolutions prefer,
+  on the device types in ``channels_last_devices``: the CPU only by default, because PyTorch's
+  CUDA GroupNorm makes a channels-last input contiguous (NCHW) and returns NCHW, so on a GPU each
+  norm costs a layout copy of the map and the convolution after it another one back.
 - ``autocast``: bfloat16 autocast for the stages in ``autocast_stages`` where the device has
   bfloat16 arithmetic (the sampler's math stays float32). ``cast_weights_once``: those stages
   call a copy of the network whose convolution and linear weights are already bfloat16, the values
@@ -52,6 +55,11 @@ class ExecutionConfig:
 
     fused_attention: bool = True
     channels_last: bool = True
+    # aten's group_norm calls ``input.contiguous()`` on every device but the CPU: on CUDA a
+    # channels-last UNet pays two layout copies per GroupNorm (about 50 norms a decoder forward),
+    # and diffusers' networks, NCHW, ran faster per FLOP on the first GPU lease. Measured at the
+    # next one (scripts/gpu-check.sh, variant ``channels-last-gpu``).
+    channels_last_devices: tuple[str, ...] = ("cpu",)
     autocast: AutocastMode = "bfloat16"
     autocast_stages: tuple[StageName, ...] = ("sr256", "sr1024")
     cast_weights_once: bool = True
@@ -70,6 +78,10 @@ class ExecutionConfig:
     # 62 ms a row alone, 37 ms a row in a forward of 16), so there every stage runs whole.
     micro_batch_devices: tuple[str, ...] = ("cpu",)
     native_norms_on_gpu: bool = False
+
+    def uses_channels_last(self, device: torch.device) -> bool:
+        """Whether the UNets run channels-last (NHWC) on ``device``."""
+        return self.channels_last and device.type in self.channels_last_devices
 
     def micro_batch(self, stage: StageName, device: torch.device) -> int:
         """Most rows of ``stage`` run together on ``device`` (0: the whole batch)."""
@@ -201,7 +213,7 @@ def prepare_network(
     for norm in network.modules():
         if isinstance(norm, GroupNorm32):
             norm.upcast = not native
-    if config.channels_last:
+    if config.uses_channels_last(device):
         network.to(memory_format=torch.channels_last)
     graphs = config.cuda_graphs and device.type == "cuda"
     if (config.compile and stage in config.compile_stages) or graphs:
@@ -238,7 +250,7 @@ def network_call(
     return NetworkCall(
         network,
         dtype,
-        channels_last=config.channels_last and stage in UNET_STAGES,
+        channels_last=config.uses_channels_last(device) and stage in UNET_STAGES,
         autocast_dtype=config.autocast_dtype(stage, device),
         device_type=device.type,
         buckets=config.graph_buckets if fixed_shapes else (),

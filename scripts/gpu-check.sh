@@ -6,9 +6,11 @@
 #   1. karlo-forward: each network's forward at Karlo's sizes in bf16, ours against diffusers,
 #      with the switches that the first lease (2026-12-04) pointed at: our sr256 ran at 0.66x
 #      diffusers' per forward at batch 16 (channels_last; float32 GroupNorm copies; autocast on
-#      top of bf16 weights, which sends GroupNorm through float32 again). Variants: default,
-#      fp32 (autocast off, the network still bf16), nchw, native-norms, and native norms with
-#      autocast off, channels-last and NCHW.
+#      top of bf16 weights, which sends GroupNorm through float32 again). Variants: default
+#      (NCHW on CUDA since channels_last became CPU-only: CUDA's GroupNorm converts a
+#      channels-last map to NCHW and back), channels-last-gpu (the first lease's layout), fp32
+#      (autocast off, the network still bf16), native-norms, and native norms with autocast off,
+#      NCHW and channels-last.
 #   2. profiles: where a forward's time goes (bench.profile_step, ours beside diffusers): the
 #      bundled decoder at batch 2 and 32 (20.6 and 34 ms a step on the first lease for about
 #      1 GFLOP a row: host-bound or kernel-bound?) and sr256 at batch 32; tables in run.log.
@@ -56,7 +58,7 @@ if [ "${GPU_CHECK_SMOKE:-0}" = 1 ]; then
 else
     DEVICE=cuda
     KARLO=(--config karlo --batches 1 16 --repeats 2 --forward-repeats 3)
-    FORWARD_VARIANTS=(default fp32 nchw native-norms fp32-native-norms nchw-fp32-native-norms)
+    FORWARD_VARIANTS=(default channels-last-gpu fp32 native-norms fp32-native-norms channels-last-gpu-fp32-native-norms)
     BUNDLED=(--batches 1 16 --repeats 2 --skip-forward --no-peer)
     GRAPHS=(default cuda-graphs)
     PROFILE=(--config bundled --peer)

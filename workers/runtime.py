@@ -172,6 +172,7 @@ def execution_from_settings(settings: Settings) -> ExecutionConfig:
     return ExecutionConfig(
         fused_attention=settings.fused_attention,
         channels_last=settings.channels_last,
+        channels_last_devices=settings.channels_last_devices,
         autocast=settings.autocast,
         autocast_stages=settings.autocast_stages,
         cast_weights_once=settings.cast_weights_once,

@@ -89,9 +89,11 @@ def test_stage_and_device_lists_read_commas_or_json(monkeypatch: pytest.MonkeyPa
     monkeypatch.setenv("UNCLIP_COMPILE_STAGES", value)
     monkeypatch.setenv("UNCLIP_AUTOCAST_STAGES", value)
     monkeypatch.setenv("UNCLIP_MICRO_BATCH_DEVICES", "cpu,cuda")
+    monkeypatch.setenv("UNCLIP_CHANNELS_LAST_DEVICES", '["cpu", "cuda"]')
     settings = Settings()
     assert settings.compile_stages == expected and settings.autocast_stages == expected
     assert settings.micro_batch_devices == ("cpu", "cuda")
+    assert settings.channels_last_devices == ("cpu", "cuda")
     monkeypatch.setenv("UNCLIP_COMPILE_STAGES", "decoder,sr512")
     with pytest.raises(ValidationError, match="compile_stages"):
         Settings()

@@ -14,6 +14,7 @@ from dataclasses import replace
 import numpy as np
 import pytest
 import torch
+from torch import nn
 from torch.utils._python_dispatch import TorchDispatchMode
 
 from models.configs import SamplingConfig, StageSampling, UNetConfig
@@ -343,6 +344,27 @@ def test_micro_batches_apply_on_the_cpu_only() -> None:
     assert config.micro_batch("sr256", torch.device("cuda")) == 0
     on_both = replace(config, micro_batch_devices=("cpu", "cuda"))
     assert on_both.micro_batch("sr256", torch.device("cuda")) == config.micro_batch_sr256
+
+
+def test_channels_last_applies_on_the_cpu_only() -> None:
+    """NHWC where oneDNN's convolutions prefer it; on CUDA, whose GroupNorm converts a
+    channels-last map to NCHW and back, the UNets stay NCHW unless asked."""
+    config = ExecutionConfig()
+    cpu, cuda = torch.device("cpu"), torch.device("cuda")
+    assert config.uses_channels_last(cpu) and not config.uses_channels_last(cuda)
+    torch.manual_seed(0)
+    unet = UNetModel(UNetConfig(image_size=16, model_channels=16, channel_mult=(1, 2)))
+    for device, expected in ((cpu, True), (cuda, False)):
+        # prepare_network only converts the module (it stays on the CPU here) and network_call
+        # only records the layout, so the CUDA side is checked without a GPU.
+        network = prepare_network("sr256", copy.deepcopy(unet), config, device)
+        assert isinstance(network, nn.Module)
+        conv = network.input_blocks[0][0].weight
+        assert conv.is_contiguous(memory_format=torch.channels_last) == expected
+        assert network_call("sr256", network, torch.float32, config, device).channels_last == expected
+    everywhere = replace(config, channels_last_devices=("cpu", "cuda"))
+    assert everywhere.uses_channels_last(cuda)
+    assert not replace(everywhere, channels_last=False).uses_channels_last(cpu)
 
 
 def test_native_norms_on_gpu_change_nothing_on_the_cpu() -> None:

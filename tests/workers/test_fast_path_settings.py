@@ -20,6 +20,7 @@ def test_every_switch_reaches_the_execution_config() -> None:
     settings = Settings(
         fused_attention=False,
         channels_last=True,
+        channels_last_devices=("cpu", "cuda"),
         autocast="bfloat16",
         autocast_stages=("decoder",),
         compile_unets=True,
@@ -35,6 +36,7 @@ def test_every_switch_reaches_the_execution_config() -> None:
     assert execution == ExecutionConfig(
         fused_attention=False,
         channels_last=True,
+        channels_last_devices=("cpu", "cuda"),
         autocast="bfloat16",
         autocast_stages=("decoder",),
         cast_weights_once=False,
