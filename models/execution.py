@@ -26,6 +26,12 @@ the device computes in bf16 natively, so elsewhere the default runs in float32.
 - ``micro_batch_*``: run a stage's rows in chunks of at most this many (0: all at once) on the
   device types in ``micro_batch_devices``; rows draw their noise from their own seeds, so
   chunking does not change which numbers a row gets.
+- ``fold_scale_shift``: a residual block's FiLM (``norm(h) * (1 + scale) + shift``) folded into
+  the GroupNorm's affine when a forward has one row, one pass over the map instead of three
+  (:meth:`models.nn.GroupNorm32.scale_shift`); the upsamplers run one row at a time on the CPU.
+- ``in_place_activations``: outside autograd, a residual block's SiLUs and its residual sum
+  write over the maps they read (nothing reads them again): the same numbers, one buffer per
+  memory-bound pass instead of two.
 - ``native_norms_on_gpu``: on CUDA, GroupNorm takes a half-precision map as it is (PyTorch's CUDA
   kernel accumulates in float32), as diffusers' networks do, instead of through float32 copies
   of the whole map before and after. Off until measured on a GPU (docs/benchmark.md, "On a GPU").
@@ -43,7 +49,7 @@ from torch import nn
 
 from models.configs import StageName
 from models.nn import GroupNorm32
-from models.unet import AttentionBlock
+from models.unet import AttentionBlock, ResBlock
 
 AutocastMode = Literal["off", "bfloat16"]
 UNET_STAGES: tuple[StageName, ...] = ("decoder", "sr256", "sr1024")
@@ -78,6 +84,8 @@ class ExecutionConfig:
     # 62 ms a row alone, 37 ms a row in a forward of 16), so there every stage runs whole.
     micro_batch_devices: tuple[str, ...] = ("cpu",)
     native_norms_on_gpu: bool = False
+    fold_scale_shift: bool = True
+    in_place_activations: bool = True
 
     def uses_channels_last(self, device: torch.device) -> bool:
         """Whether the UNets run channels-last (NHWC) on ``device``."""
@@ -105,6 +113,8 @@ BASELINE = ExecutionConfig(
     cast_weights_once=False,
     micro_batch_sr256=0,
     micro_batch_sr1024=0,
+    fold_scale_shift=False,
+    in_place_activations=False,
 )
 
 
@@ -210,9 +220,12 @@ def prepare_network(
     native = (autocast_dtype is not None and device.type == "cpu") or (
         config.native_norms_on_gpu and device.type == "cuda"
     )
-    for norm in network.modules():
-        if isinstance(norm, GroupNorm32):
-            norm.upcast = not native
+    for layer in network.modules():
+        if isinstance(layer, GroupNorm32):
+            layer.upcast = not native
+            layer.fold_scale_shift = config.fold_scale_shift
+        elif isinstance(layer, ResBlock):
+            layer.reuse_maps = config.in_place_activations
     if config.uses_channels_last(device):
         network.to(memory_format=torch.channels_last)
     graphs = config.cuda_graphs and device.type == "cuda"

@@ -94,6 +94,8 @@ class ResBlock(nn.Module):
             zero_module(nn.Conv2d(out_channels, out_channels, 3, padding=1)),
         )
         self.skip = nn.Identity() if out_channels == channels else nn.Conv2d(channels, out_channels, 1)
+        # Set by models.execution.prepare_network (ExecutionConfig.in_place_activations).
+        self.reuse_maps = False
 
     def forward(self, x: torch.Tensor, emb: torch.Tensor) -> torch.Tensor:
         """
@@ -101,16 +103,24 @@ class ResBlock(nn.Module):
         :param emb: [N x emb_channels] timestep (+ CLIP) embedding.
         :return: [N x out x H' x W'] (H' = 2H up, H/2 down, else H).
         """
-        h = self.resample(self.in_norm(x))  # [N x C x H' x W']
+        # Outside autograd, the SiLUs and the residual sum write over maps nothing reads again:
+        # the same numbers, and a memory-bound pass that reads and writes one buffer instead of
+        # filling a fresh one (sr1024 at 1024², one row: 17% of its forward on a 2-core EPYC).
+        reuse = self.reuse_maps and not torch.is_grad_enabled()
+        h = F.silu(self.in_norm[0](x), inplace=True) if reuse else self.in_norm(x)
+        h = self.resample(h)  # [N x C x H' x W']
         x = self.resample(x)  # [N x C x H' x W']
         h = self.in_conv(h)  # [N x out x H' x W']
         emb_out = self.emb_layers(emb).to(h.dtype)[..., None, None]  # [N x (2*)out x 1 x 1]
         if self.use_scale_shift_norm:
             scale, shift = emb_out.chunk(2, dim=1)
-            h = self.out_norm(h) * (1 + scale) + shift
+            h = self.out_norm.scale_shift(h, scale, shift)
         else:
             h = self.out_norm(h + emb_out)
-        return self.skip(x) + self.out_layers(h)
+        if not reuse:
+            return self.skip(x) + self.out_layers(h)
+        _, dropout, conv = self.out_layers
+        return conv(dropout(F.silu(h, inplace=True))).add_(self.skip(x))
 
 
 class AttentionBlock(nn.Module):

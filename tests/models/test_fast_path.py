@@ -33,7 +33,7 @@ from models.execution import (
 )
 from models.nn import GroupNorm32, norm_groups
 from models.pipeline import GenerationRequest, UnclipPipeline, _CastModel, load_pipeline
-from models.unet import AttentionBlock, UNetModel
+from models.unet import AttentionBlock, ResBlock, UNetModel
 
 FEW_STEPS = SamplingConfig(
     prior=StageSampling(steps=3, guidance=2.0),
@@ -344,6 +344,84 @@ def test_micro_batches_apply_on_the_cpu_only() -> None:
     assert config.micro_batch("sr256", torch.device("cuda")) == 0
     on_both = replace(config, micro_batch_devices=("cpu", "cuda"))
     assert on_both.micro_batch("sr256", torch.device("cuda")) == config.micro_batch_sr256
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_folded_scale_shift_is_the_film_it_replaces(dtype: torch.dtype) -> None:
+    """One row: the FiLM folded into the norm's affine gives norm(h) * (1 + scale) + shift; more
+    rows, or the switch off, run the unfused expression itself (bit for bit)."""
+    torch.manual_seed(0)
+    norm = GroupNorm32(norm_groups(64), 64)
+    with torch.no_grad():
+        norm.weight.normal_(1.0, 0.2)
+        norm.bias.normal_(0.0, 0.2)
+    x = (torch.randn(3, 64, 16, 16) * 3 + 1).to(dtype)
+    scale, shift = (torch.randn(3, 64, 1, 1).to(dtype) for _ in range(2))
+
+    def film(rows: slice) -> torch.Tensor:
+        return norm(x[rows]) * (1 + scale[rows]) + shift[rows]
+
+    for fold in (False, True):
+        norm.fold_scale_shift = fold
+        assert torch.equal(norm.scale_shift(x, scale, shift), film(slice(None)))  # 3 rows: unfused
+    one = slice(0, 1)
+    norm.fold_scale_shift = False
+    assert torch.equal(norm.scale_shift(x[one], scale[one], shift[one]), film(one))
+    norm.fold_scale_shift = True
+    folded = norm.scale_shift(x[one], scale[one], shift[one])
+    assert folded.dtype == dtype
+    # The fold rounds once (float32 affine) where the FiLM rounds after each op: in bf16 a few
+    # units in the last place of the unfused result.
+    tolerance = dict(atol=1e-5, rtol=1e-5) if dtype == torch.float32 else dict(atol=0.07, rtol=0.02)
+    torch.testing.assert_close(folded.float(), film(one).float(), **tolerance)
+
+
+def test_prepare_network_sets_the_fold_from_the_config() -> None:
+    torch.manual_seed(0)
+    unet = UNetModel(UNetConfig(image_size=16, model_channels=16, channel_mult=(1, 2)))
+    assert not any(m.fold_scale_shift for m in unet.modules() if isinstance(m, GroupNorm32))  # training
+    for config, expected in ((ExecutionConfig(), True), (BASELINE, False)):
+        network = prepare_network("sr256", copy.deepcopy(unet), config, torch.device("cpu"))
+        assert isinstance(network, nn.Module)
+        norms = [m for m in network.modules() if isinstance(m, GroupNorm32)]
+        assert norms and all(m.fold_scale_shift == expected for m in norms)
+    # The whole network, one row: the folded forward matches the unfused one.
+    x, t = torch.randn(1, 3, 16, 16), torch.tensor([500])
+    plain = prepare_network("sr256", copy.deepcopy(unet), BASELINE, torch.device("cpu"))
+    folded = prepare_network(
+        "sr256", copy.deepcopy(unet), replace(BASELINE, fold_scale_shift=True), torch.device("cpu")
+    )
+    for block in (plain, folded):  # out_layers start at zero: give the residual branches weight
+        torch.manual_seed(1)
+        for p in block.parameters():
+            p.data.normal_(0, 0.1)
+    with torch.no_grad():
+        torch.testing.assert_close(folded(x, t), plain(x, t), atol=1e-5, rtol=1e-4)
+
+
+def test_in_place_activations_change_no_number_and_leave_autograd_alone() -> None:
+    """Maps written over in place give the same output bit for bit; with autograd recording (a
+    prepared network fine-tuned, say) the blocks keep their fresh buffers and backward works."""
+    torch.manual_seed(0)
+    unet = UNetModel(UNetConfig(image_size=16, model_channels=16, channel_mult=(1, 2)))
+    for p in unet.parameters():  # out_layers start at zero: give the residual branches weight
+        p.data.normal_(0, 0.1)
+    assert not any(b.reuse_maps for b in unet.modules() if isinstance(b, ResBlock))  # training
+    config = replace(BASELINE, in_place_activations=True)
+    plain = prepare_network("sr256", copy.deepcopy(unet), BASELINE, torch.device("cpu"))
+    reusing = prepare_network("sr256", copy.deepcopy(unet), config, torch.device("cpu"))
+    assert isinstance(reusing, nn.Module)
+    blocks = [b for b in reusing.modules() if isinstance(b, ResBlock)]
+    assert blocks and all(b.reuse_maps for b in blocks)
+    x, t = torch.randn(2, 3, 16, 16), torch.tensor([10, 900])
+    with torch.no_grad():
+        assert torch.equal(reusing(x, t), plain(x, t))
+    reusing.requires_grad_(True)
+    out = reusing(x, t)  # grad mode on: no in-place writes autograd would trip over
+    out.square().mean().backward()
+    assert all(p.grad is not None for p in reusing.parameters())
+    with torch.no_grad():
+        assert torch.equal(out, plain(x, t))
 
 
 def test_channels_last_applies_on_the_cpu_only() -> None:
