@@ -92,6 +92,16 @@ class Settings(BaseSettings):
         description="on CUDA, GroupNorm takes half-precision maps as they are (float32 accumulation "
         "inside the kernel) instead of through float32 copies; off until measured on a GPU",
     )
+    fold_scale_shift: bool = Field(
+        default=True,
+        description="one-row forwards fold a residual block's scale-shift into its GroupNorm "
+        "(one pass over the map instead of three; the same images within rounding)",
+    )
+    in_place_activations: bool = Field(
+        default=True,
+        description="the UNets' SiLUs and residual sums write over maps nothing reads again "
+        "(the same numbers; a memory-bound pass over one buffer instead of two)",
+    )
     keep_freed_memory: bool = Field(
         default=True,
         description="glibc's malloc keeps freed tensor memory for reuse instead of unmapping it "

@@ -183,6 +183,8 @@ def execution_from_settings(settings: Settings) -> ExecutionConfig:
         micro_batch_sr1024=settings.micro_batch_sr1024,
         micro_batch_devices=settings.micro_batch_devices,
         native_norms_on_gpu=settings.native_norms_on_gpu,
+        fold_scale_shift=settings.fold_scale_shift,
+        in_place_activations=settings.in_place_activations,
     )
 
 

@@ -31,6 +31,8 @@ def test_every_switch_reaches_the_execution_config() -> None:
         micro_batch_sr1024=3,
         micro_batch_devices=("cpu", "cuda"),
         native_norms_on_gpu=True,
+        fold_scale_shift=False,
+        in_place_activations=False,
     )
     execution = execution_from_settings(settings)
     assert execution == ExecutionConfig(
@@ -47,6 +49,8 @@ def test_every_switch_reaches_the_execution_config() -> None:
         micro_batch_sr1024=3,
         micro_batch_devices=("cpu", "cuda"),
         native_norms_on_gpu=True,
+        fold_scale_shift=False,
+        in_place_activations=False,
     )
 
 
