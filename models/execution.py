@@ -28,7 +28,8 @@ the device computes in bf16 natively, so elsewhere the default runs in float32.
   chunking does not change which numbers a row gets.
 - ``fold_scale_shift``: a residual block's FiLM (``norm(h) * (1 + scale) + shift``) folded into
   the GroupNorm's affine when a forward has one row, one pass over the map instead of three
-  (:meth:`models.nn.GroupNorm32.scale_shift`); the upsamplers run one row at a time on the CPU.
+  (:meth:`models.nn.GroupNorm32.scale_shift`): sr1024 runs one row at a time on the CPU, and
+  sr256 does for a lone image.
 - ``in_place_activations``: outside autograd, a residual block's SiLUs and its residual sum
   write over the maps they read (nothing reads them again): the same numbers, one buffer per
   memory-bound pass instead of two.

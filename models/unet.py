@@ -120,7 +120,9 @@ class ResBlock(nn.Module):
         if not reuse:
             return self.skip(x) + self.out_layers(h)
         _, dropout, conv = self.out_layers
-        return conv(dropout(F.silu(h, inplace=True))).add_(self.skip(x))
+        out, skip = conv(dropout(F.silu(h, inplace=True))), self.skip(x)
+        # In place only where the sum keeps out's dtype, as the out-of-place sum would.
+        return out.add_(skip) if skip.dtype == out.dtype else skip + out
 
 
 class AttentionBlock(nn.Module):

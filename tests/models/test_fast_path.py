@@ -424,6 +424,22 @@ def test_in_place_activations_change_no_number_and_leave_autograd_alone() -> Non
         assert torch.equal(out, plain(x, t))
 
 
+def test_in_place_residual_keeps_the_dtype_of_the_sum() -> None:
+    """Under autocast a block's branch comes out bf16 while an identity skip stays float32: the
+    sum is float32 either way, as it was before the switch."""
+    torch.manual_seed(0)
+    block = ResBlock(16, 32, dropout=0.0)
+    for p in block.parameters():
+        p.data.normal_(0, 0.1)
+    x, emb = torch.randn(1, 16, 8, 8), torch.randn(1, 32)
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        expected = block(x, emb)
+        block.reuse_maps = True
+        got = block(x, emb)
+    assert expected.dtype == got.dtype == torch.float32
+    assert torch.equal(got, expected)
+
+
 def test_channels_last_applies_on_the_cpu_only() -> None:
     """NHWC where oneDNN's convolutions prefer it; on CUDA, whose GroupNorm converts a
     channels-last map to NCHW and back, the UNets stay NCHW unless asked."""
