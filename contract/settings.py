@@ -18,6 +18,9 @@ from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 # Values that show a secret was copied from an example instead of generated.
 _PLACEHOLDER_SECRETS = {"changethis", "changeme", "secret", "password", "webhook-secret", "test"}
 _MIN_SECRET_LENGTH = 16
+# List settings, read from the environment as commas or JSON (Settings._split_list).
+UNetStages = Annotated[tuple[Literal["decoder", "sr256", "sr1024"], ...], NoDecode]
+DeviceTypes = Annotated[tuple[Literal["cpu", "cuda"], ...], NoDecode]
 
 
 class Settings(BaseSettings):
@@ -54,7 +57,7 @@ class Settings(BaseSettings):
     # -- speed: the fast path's switches (models/execution.py; `make bench` measures each) -----
     fused_attention: bool = Field(default=True, description="UNet attention on tokens (fused SDPA kernel)")
     channels_last: bool = Field(default=True, description="UNet weights and activations in NHWC")
-    channels_last_devices: Annotated[tuple[Literal["cpu", "cuda"], ...], NoDecode] = Field(
+    channels_last_devices: DeviceTypes = Field(
         default=("cpu",),
         description="device types channels_last applies to (CUDA's GroupNorm converts a "
         "channels-last map to NCHW and back around every norm)",
@@ -62,10 +65,7 @@ class Settings(BaseSettings):
     autocast: Literal["off", "bfloat16"] = Field(
         default="bfloat16", description="bfloat16 autocast of autocast_stages where the device has bf16"
     )
-    autocast_stages: Annotated[tuple[Literal["decoder", "sr256", "sr1024"], ...], NoDecode] = (
-        "sr256",
-        "sr1024",
-    )
+    autocast_stages: UNetStages = ("sr256", "sr1024")
     cast_weights_once: bool = Field(
         default=True,
         description="autocast stages keep a bf16 copy of their conv/linear weights instead of "
@@ -76,13 +76,13 @@ class Settings(BaseSettings):
         description="torch.compile the UNets, warmed up at start for each batch bucket up to max_batch "
         "(minutes per network and bucket on a CPU; Inductor's cache keeps them across restarts)",
     )
-    compile_stages: Annotated[tuple[Literal["decoder", "sr256", "sr1024"], ...], NoDecode] = Field(
+    compile_stages: UNetStages = Field(
         default=("decoder", "sr256", "sr1024"), description="the UNets that compile_unets compiles"
     )
     cuda_graphs: bool = Field(default=False, description="on CUDA: CUDA graphs for fixed batch buckets")
     micro_batch_sr256: int = Field(default=4, ge=0, le=256, description="rows run together (0: all)")
     micro_batch_sr1024: int = Field(default=1, ge=0, le=256, description="rows run together (0: all)")
-    micro_batch_devices: Annotated[tuple[Literal["cpu", "cuda"], ...], NoDecode] = Field(
+    micro_batch_devices: DeviceTypes = Field(
         default=("cpu",),
         description="device types the micro-batches apply to; elsewhere every stage runs whole (a "
         "GPU's throughput grows with the batch; add cuda where a GPU runs out of memory)",
