@@ -32,9 +32,8 @@ from torch.profiler import ProfilerActivity, profile
 from bench.compare import VARIANTS, build_ours, forward_inputs
 from bench.measure import synchronize
 from bench.peer import build_peer, karlo_config
-from models.configs import ModelConfig, StageName, get_config
+from models.configs import StageName, get_config
 from models.host_memory import keep_freed_memory
-from models.pipeline import load_pipeline
 
 NETWORKS: tuple[StageName, ...] = ("prior", "decoder", "sr256", "sr1024")
 PEER_NETWORKS = {"prior": "prior", "decoder": "decoder", "sr256": "super_res_first"}
@@ -112,21 +111,13 @@ def profile_forward(
     }
 
 
-def model_config(args: argparse.Namespace) -> ModelConfig:
-    if args.config == "karlo":
-        return karlo_config()
-    if args.config == "bundled":
-        return load_pipeline(args.weights).config
-    return get_config("tiny")
-
-
-def contenders(
-    args: argparse.Namespace, config: ModelConfig, device: torch.device
-) -> dict[str, Callable[[], Any]]:
+def contenders(args: argparse.Namespace, device: torch.device) -> dict[str, Callable[[], Any]]:
     """What gets profiled: ours as the pipeline calls it, and diffusers' network with ``--peer``."""
-    execution = VARIANTS[args.variant]
+    # --config bundled: build_ours loads the weights, whose manifest carries the config.
+    sizes = karlo_config() if args.config == "karlo" else get_config("tiny")
     build = SimpleNamespace(config=args.config, weights=args.weights, dtype=args.dtype)
-    pipeline = build_ours(build, config, device, execution)  # type: ignore[arg-type]
+    pipeline = build_ours(build, sizes, device, VARIANTS[args.variant])  # type: ignore[arg-type]
+    config = pipeline.config
     (x, t, kwargs), peer_kwargs = forward_inputs(config, args.stage, args.batch, device)
     call = pipeline.network_call(args.stage)
     runs: dict[str, Callable[[], Any]] = {f"ours:{args.variant}": lambda: call(x, t, **kwargs)}
@@ -176,7 +167,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         torch.set_num_threads(args.threads)
     torch.set_flush_denormal(True)
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    config = model_config(args)
     results: dict[str, Any] = {
         "when": time.strftime("%Y-%m-%d %H:%M"),
         "config": args.config,
@@ -188,7 +178,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "torch": torch.__version__,
         "contenders": {},
     }
-    for name, run in contenders(args, config, device).items():
+    for name, run in contenders(args, device).items():
         print(f"profiling {name}", flush=True)
         results["contenders"][name] = profile_forward(run, device, args.forwards, args.warmup, args.top)
     text = report(results)
