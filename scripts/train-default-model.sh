@@ -1,25 +1,39 @@
 #!/usr/bin/env bash
-# Train the default model's recipe (`tiny`) from scratch on two CPU cores. The shipped weights in
-# models/default_weights are this script's first run plus five rounds of fine-tuning (README,
-# "What the bundled model is"); the recipe has changed since its first run (pooled text, the
-# decoder's caption drop and high-noise timesteps, CLIP's position-swap twins, the decoder's
-# outline-weighted loss); run end to end on 2026-12-03 (2-core EPYC VM, 121 min) it gave a model
-# far under the bar, because the budgets are minutes and that machine did about half the steps of
-# the one they were set on (docs/training.md, "A from-scratch run, measured").
+# Train the default model's recipe (`tiny`) from scratch: every stage to a fixed number of
+# optimizer steps, so that the same command gives the same model on any machine (only slower on a
+# slow one). Until 2026-12-04 the budgets were minutes, and a run on a CPU half as fast as the one
+# they were set on gave a model far under the bar (docs/training.md, "A from-scratch run").
 #
 #   bash scripts/train-default-model.sh [OUT_DIR]      (default: runs/default)
 #
-# Two lanes run side by side, one core each (`--threads 1`: on two cores, two one-thread jobs
-# beat one two-thread job for these small networks, see models/training/RECIPE.md):
-#   lane 1: clip (16 min) -> decoder (90 min)
-#   lane 2: sr256 (30 min) -> prior (10 min, once CLIP is done) -> sr1024 (8 min)
-# The upsamplers never see CLIP, so they need not wait for it. When lane 2 is done, the decoder
-# is stopped (it checkpoints) and resumed as two one-thread data-parallel replicas (`--replicas
-# 2`, RECIPE.md section 8) for the rest of its 90 minutes of training time. Each lane writes its own directory; `unclip assemble` combines them into
-# OUT_DIR/model. Then sr256 gets 12 more minutes on whole images. About 118 minutes of wall time.
-# Every stage resumes from its checkpoint, so rerunning after an interruption continues.
-# TRAIN_SCALE=0.02 scales every budget (a two-minute smoke run of the whole script).
-# To install the result: cp OUT_DIR/model/*.safetensors OUT_DIR/model/manifest.json models/default_weights/
+# Every stage runs as two one-thread data-parallel replicas (`--replicas 2 --threads 1`: on two
+# cores, two one-thread processes train these small networks faster than one two-thread process;
+# models/training/RECIPE.md, section 8). The layout is part of the recipe: each replica takes its
+# own batch, so a step sees twice the stage's batch size. The stages, in order (steps × global
+# batch, and the wall time measured on a 2-core AMD EPYC VM with AVX-512 BF16, 2026-12-04):
+#
+#   clip     1,500 × 256   position-swap twins in half of each batch      ≈ 20 min
+#   prior      400 × 256   on that CLIP                                   ≈ 10 min
+#   sr256    3,200 × 32    64→256 on crops of ¼ the side                  ≈ 21 min
+#   sr256   +  200 × 32    the same network on whole images               ≈ 17 min (bf16)
+#   sr1024     360 × 8                                                    ≈  5 min
+#   decoder 24,000 × 32    768K examples, outline-weighted loss           ≈ 2.7 h (bf16)
+#
+# sr256 ends on whole images because crops and whole images give its GroupNorms different
+# statistics (RECIPE.md, section 5). The small stages come first so that a run cut short holds
+# finished stages and one checkpoint. The decoder and sr256's whole-image phase train under
+# bfloat16 autocast where /proc/cpuinfo lists amx_bf16 or avx512_bf16 (1.4x the decoder's
+# examples/s and 2x sr256's on that EPYC); elsewhere in float32, since emulated bf16 trained the
+# decoder 13x slower than float32 (oneDNN and ATen held to AVX2 on the same EPYC).
+#
+# The stages train in OUT_DIR/stages; sr256's whole-image phase continues from its checkpoint in
+# OUT_DIR/sr256-whole (its manifest records crop_fraction 1, another config); `unclip assemble`
+# combines both into OUT_DIR/model. Every stage resumes from its checkpoints/<stage>.pt, so
+# rerunning after an interruption (Ctrl-C or SIGTERM checkpoint first) continues where it
+# stopped, and a finished stage is not trained again. Serve the result with
+# `UNCLIP_WEIGHTS=OUT_DIR/model`, or ship it:
+#   cp OUT_DIR/model/*.safetensors OUT_DIR/model/manifest.json models/default_weights/
+# TRAIN_SCALE=0.01 scales every step budget (at least one step each: a smoke run of the script).
 set -euo pipefail
 
 OUT="${1:-runs/default}"
@@ -27,54 +41,26 @@ UNCLIP="${UNCLIP:-.venv/bin/unclip}"
 SCALE="${TRAIN_SCALE:-1}"
 export PYTHONUNBUFFERED=1
 mkdir -p "$OUT"
-# The decoder trains under bfloat16 autocast where the CPU has bf16 instructions (AMX or AVX-512
-# BF16): 2.1x its examples/s as two replicas on the 2026-12-02 Xeon (RECIPE.md, section 10).
-DECODER_BF16=()
-if grep -qE 'amx_bf16|avx512_bf16' /proc/cpuinfo 2>/dev/null; then DECODER_BF16=(--bf16); fi
+BF16=()
+if grep -qE 'amx_bf16|avx512_bf16' /proc/cpuinfo 2>/dev/null; then BF16=(--bf16); fi
 
-train() {  # train STAGE MINUTES DIR [THREADS [EXTRA ARGS...]]
-    local minutes
-    minutes=$(awk -v m="$2" -v s="$SCALE" 'BEGIN { print m * s }')
-    "$UNCLIP" train --stage "$1" --minutes "$minutes" --threads "${4:-1}" --no-progress --out "$3" \
-        "${@:5}" >>"$OUT/$1.log" 2>&1
+train() {  # train DIR STAGE STEPS [EXTRA ARGS...]
+    local dir="$1" steps
+    shift
+    steps=$(awk -v n="$2" -v s="$SCALE" 'BEGIN { v = int(n * s + 0.5); print (v < 1 ? 1 : v) }')
+    echo "$(date -u +%FT%TZ) $1 to step $steps ${*:3}"
+    "$UNCLIP" train --stage "$1" --steps "$steps" --replicas 2 --threads 1 --no-progress \
+        --out "$dir" "${@:3}" >>"$OUT/train-$1.log" 2>&1
 }
 
-lane_clip_decoder() {
-    train clip 16 "$OUT/clip"
-    "$UNCLIP" assemble "$OUT/clip" --out "$OUT/decoder" >/dev/null
-    # One thread until lane 2 is done and stops it (exit 130, with a checkpoint); then the rest
-    # as two one-thread replicas. A real failure of the first run shows again in the second.
-    train decoder 90 "$OUT/decoder" 1 "${DECODER_BF16[@]}" &
-    echo $! >"$OUT/decoder.pid"
-    wait "$(cat "$OUT/decoder.pid")" || true
-    rm -f "$OUT/decoder.pid"
-    train decoder 90 "$OUT/decoder" 1 --replicas 2 "${DECODER_BF16[@]}"
-}
-
-lane_upsamplers_prior() {
-    train sr256 30 "$OUT/sr"
-    while [ ! -f "$OUT/clip/manifest.json" ]; do sleep 10; done  # written last, atomically
-    "$UNCLIP" assemble "$OUT/clip" --out "$OUT/prior" >/dev/null
-    train prior 10 "$OUT/prior"
-    train sr1024 8 "$OUT/sr"
-}
-
-echo "training into $OUT (logs: $OUT/<stage>.log)"
-lane_clip_decoder &
-first=$!
-lane_upsamplers_prior &
-second=$!
-wait "$second"
-if [ -f "$OUT/decoder.pid" ]; then  # the decoder resumes as two replicas
-    pid=$(cat "$OUT/decoder.pid")  # the subshell running train(), or unclip itself if bash exec'd it
-    pkill -TERM -P "$pid" 2>/dev/null || kill -TERM "$pid" 2>/dev/null || true
-fi
-wait "$first"
-# sr256 was trained on 1/4 crops (the paper's recipe) but samples whole images, where its
-# GroupNorm statistics differ and flat colors drift; 12 more minutes on whole images (continuing
-# from its checkpoint, in a directory of its own so $OUT/sr keeps sr1024) fix most of that.
-mkdir -p "$OUT/sr-whole/checkpoints"
-[ -f "$OUT/sr-whole/checkpoints/sr256.pt" ] || cp "$OUT/sr/checkpoints/sr256.pt" "$OUT/sr-whole/checkpoints/"
-train sr256 42 "$OUT/sr-whole" 2 --crop-fraction 1
-"$UNCLIP" assemble "$OUT/clip" "$OUT/prior" "$OUT/decoder" "$OUT/sr" "$OUT/sr-whole" --out "$OUT/model"
-echo "model directory: $OUT/model"
+echo "training into $OUT (logs: $OUT/train-<stage>.log)"
+train "$OUT/stages" clip 1500
+train "$OUT/stages" prior 400
+train "$OUT/stages" sr256 3200
+mkdir -p "$OUT/sr256-whole/checkpoints"
+[ -f "$OUT/sr256-whole/checkpoints/sr256.pt" ] || cp "$OUT/stages/checkpoints/sr256.pt" "$OUT/sr256-whole/checkpoints/"
+train "$OUT/sr256-whole" sr256 3400 --crop-fraction 1 "${BF16[@]}"
+train "$OUT/stages" sr1024 360
+train "$OUT/stages" decoder 24000 "${BF16[@]}"
+"$UNCLIP" assemble "$OUT/stages" "$OUT/sr256-whole" --out "$OUT/model" >/dev/null
+echo "$(date -u +%FT%TZ) model directory: $OUT/model"
