@@ -38,16 +38,33 @@ set -euo pipefail
 
 OUT="${1:-runs/default}"
 UNCLIP="${UNCLIP:-.venv/bin/unclip}"
+PYTHON="${PYTHON:-.venv/bin/python}"
 SCALE="${TRAIN_SCALE:-1}"
 export PYTHONUNBUFFERED=1
 mkdir -p "$OUT"
 BF16=()
 if grep -qE 'amx_bf16|avx512_bf16' /proc/cpuinfo 2>/dev/null; then BF16=(--bf16); fi
 
+finished() {  # finished DIR STAGE STEPS: DIR's manifest holds STAGE trained to STEPS steps
+    "$PYTHON" - "$@" <<'EOF' 2>/dev/null
+import json, sys
+directory, stage, steps = sys.argv[1], sys.argv[2], int(sys.argv[3])
+notes = json.loads(json.load(open(f"{directory}/manifest.json"))["notes"])
+sys.exit(0 if notes[stage]["steps"] >= steps else 1)
+EOF
+}
+
+scaled() {  # scaled STEPS: the budget times TRAIN_SCALE, at least one step
+    awk -v n="$1" -v s="$SCALE" 'BEGIN { v = int(n * s + 0.5); print (v < 1 ? 1 : v) }'
+}
+
 train() {  # train DIR STAGE STEPS [EXTRA ARGS...]
     local dir="$1" steps
     shift
-    steps=$(awk -v n="$2" -v s="$SCALE" 'BEGIN { v = int(n * s + 0.5); print (v < 1 ? 1 : v) }')
+    steps=$(scaled "$2")
+    # A finished stage is skipped even when its checkpoint is gone (a run carried to another
+    # machine keeps only the weights of the stages it finished).
+    if finished "$dir" "$1" "$steps"; then echo "$1: done ($steps steps)"; return; fi
     echo "$(date -u +%FT%TZ) $1 to step $steps ${*:3}"
     "$UNCLIP" train --stage "$1" --steps "$steps" --replicas 2 --threads 1 --no-progress \
         --out "$dir" "${@:3}" >>"$OUT/train-$1.log" 2>&1
@@ -57,8 +74,10 @@ echo "training into $OUT (logs: $OUT/train-<stage>.log)"
 train "$OUT/stages" clip 1500
 train "$OUT/stages" prior 400
 train "$OUT/stages" sr256 3200
-mkdir -p "$OUT/sr256-whole/checkpoints"
-[ -f "$OUT/sr256-whole/checkpoints/sr256.pt" ] || cp "$OUT/stages/checkpoints/sr256.pt" "$OUT/sr256-whole/checkpoints/"
+if ! finished "$OUT/sr256-whole" sr256 "$(scaled 3400)"; then  # continue from the crop phase
+    mkdir -p "$OUT/sr256-whole/checkpoints"
+    [ -f "$OUT/sr256-whole/checkpoints/sr256.pt" ] || cp "$OUT/stages/checkpoints/sr256.pt" "$OUT/sr256-whole/checkpoints/"
+fi
 train "$OUT/sr256-whole" sr256 3400 --crop-fraction 1 "${BF16[@]}"
 train "$OUT/stages" sr1024 360
 train "$OUT/stages" decoder 24000 "${BF16[@]}"
