@@ -66,8 +66,8 @@ class TrainConfig:
 
 
 def _tiny() -> dict[StageName, TrainConfig]:
-    """154 stage-minutes on 2 CPU cores, about 106 minutes of wall time in two lanes (``STAGE_SHARE``)
-    plus the whole-image sr256 phase of scripts/train-default-model.sh."""
+    """The bundled model's recipe. Its budgets are steps, set in scripts/train-default-model.sh
+    (every stage as two one-thread replicas); ``STAGE_SHARE`` splits a ``--minutes`` budget."""
     return {
         # Half of each batch as position-swap twins: without them this CLIP told left from right
         # but not top from bottom (row 40% within swap groups); 15 minutes of fine-tuning with them
@@ -125,8 +125,8 @@ STAGE_SHARE: dict[StageName, float] = {
     "sr256": 30 / 154,
     "sr1024": 8 / 154,
 }
-# Stage-minutes of the bundled model. scripts/train-default-model.sh runs them in two lanes side
-# by side (clip -> decoder | sr256 -> prior -> sr1024), about 106 minutes of wall time.
+# The default ``train --all`` budget in stage-minutes (about 2.5 hours one stage after another).
+# The bundled model's own run (scripts/train-default-model.sh) has budgets in steps instead.
 DEFAULT_TOTAL_MINUTES = 154.0
 
 
