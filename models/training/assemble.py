@@ -4,6 +4,10 @@ Stages that do not depend on each other can train side by side, one per CPU core
 never see CLIP; the prior and the decoder only read the finished CLIP). Each lane writes its own
 directory; :func:`assemble` copies the stages into one model directory under one config, keeping
 each stage's training notes. Tensors are copied as stored (hash-checked on read).
+
+A stage still training has no exported weights yet, only its checkpoint: ``from_checkpoints``
+takes such a stage's EMA weights from ``checkpoints/<stage>.pt`` instead (a snapshot of a long
+run, to evaluate it on the way without stopping it).
 """
 
 from __future__ import annotations
@@ -19,6 +23,7 @@ from models.checkpoints import WeightsError, load_stage_state, read_manifest
 from models.configs import STAGES, ModelConfig, StageName
 from models.factory import create_stage_module
 from models.training.runner import export_stage
+from models.training.state import checkpoint_path, load_checkpoint
 
 log = structlog.get_logger("models.training")
 
@@ -28,6 +33,7 @@ def assemble(
     config: ModelConfig,
     sources: Sequence[str | Path],
     stages: Sequence[StageName] | None = None,
+    from_checkpoints: Sequence[StageName] = (),
 ) -> dict[StageName, Path]:
     """Copy every stage found in ``sources`` (later sources win) into ``out_dir`` under ``config``.
 
@@ -35,24 +41,63 @@ def assemble(
     under another config is refused rather than silently mislabelled.
 
     :param stages: only these stages (default: all found).
-    :return: stage -> the source directory it came from.
+    :param from_checkpoints: these stages come from the EMA weights of the sources' training
+        checkpoints (later sources win), not from their exported weights; a source needs no
+        manifest for them.
+    :return: stage -> the source directory (or, for ``from_checkpoints``, the checkpoint file) it
+        came from.
     :raises WeightsError: a source is not a model directory, a wanted stage is in none of them, or
         its tensors do not fit ``config``.
     """
     found: dict[StageName, Path] = {}
     for source in map(Path, sources):
-        present = read_manifest(source).stages
-        found.update((stage, source) for stage in STAGES if stage in present)
-    wanted = list(stages) if stages is not None else [s for s in STAGES if s in found]
-    missing = [s for s in wanted if s not in found]
+        if (source / "manifest.json").exists() or not from_checkpoints:
+            present = read_manifest(source).stages
+            found.update((stage, source) for stage in STAGES if stage in present)
+    snapshots: dict[StageName, Path] = {}
+    for stage in from_checkpoints:
+        paths = [checkpoint_path(source, stage) for source in map(Path, sources)]
+        existing = [path for path in paths if path.exists()]
+        if not existing:
+            raise WeightsError(f"no checkpoint of stage {stage!r} in {[str(s) for s in sources]}")
+        snapshots[stage] = existing[-1]
+        found.pop(stage, None)
+    wanted = list(stages) if stages is not None else [s for s in STAGES if s in found or s in snapshots]
+    missing = [s for s in wanted if s not in found and s not in snapshots]
     if missing:
         raise WeightsError(f"stages {missing} are in none of {[str(s) for s in sources]}")
+    taken: dict[StageName, Path] = {}
     for stage in wanted:
-        state = load_stage_state(found[stage], stage)
-        _check_fits(stage, config, state, found[stage])
-        export_stage(out_dir, config, stage, state, notes=_stage_notes(found[stage], stage))
-        log.info("stage assembled", stage=stage, source=str(found[stage]), out=str(out_dir))
-    return {stage: found[stage] for stage in wanted}
+        if stage in snapshots:
+            taken[stage] = snapshots[stage]
+            state, notes = _ema_snapshot(snapshots[stage], stage)
+        else:
+            taken[stage] = found[stage]
+            state, notes = load_stage_state(found[stage], stage), _stage_notes(found[stage], stage)
+        _check_fits(stage, config, state, taken[stage])
+        export_stage(out_dir, config, stage, state, notes=notes)
+        log.info("stage assembled", stage=stage, source=str(taken[stage]), out=str(out_dir))
+    return taken
+
+
+def _ema_snapshot(path: Path, stage: StageName) -> tuple[dict[str, Any], dict[str, Any]]:
+    """A training checkpoint's EMA weights as the stage's state dict (what the run would export if
+    it ended now), and notes saying which step they are of."""
+    checkpoint = load_checkpoint(path)
+    if checkpoint is None or checkpoint.get("stage") != stage:
+        raise WeightsError(f"{path} is not a training checkpoint of stage {stage!r}")
+    state = {name: tensor.detach().clone() for name, tensor in checkpoint["module"].items()}
+    for name, averaged in checkpoint["ema"]["shadow"].items():  # float32 shadows of float weights
+        state[name] = averaged.to(state[name].dtype)
+    recipe = checkpoint.get("train_config", {})
+    notes = {
+        "snapshot_of": str(path),
+        "steps": int(checkpoint["step"]),
+        "examples": int(checkpoint["examples"]),
+        "seconds": round(float(checkpoint["elapsed_seconds"]), 1),
+        "recipe": {k: recipe[k] for k in ("batch_size", "lr", "seed", "steps", "bf16") if k in recipe},
+    }
+    return state, notes
 
 
 def _check_fits(stage: StageName, config: ModelConfig, state: dict[str, Any], source: Path) -> None:

@@ -42,6 +42,15 @@ def register(subparsers: Any) -> None:
     assemble.add_argument("sources", nargs="+", help="model directories to take stages from")
     assemble.add_argument("--config", default="tiny", help="model preset (default: tiny)")
     assemble.add_argument("--stages", nargs="+", choices=STAGES, help="only these stages")
+    assemble.add_argument(
+        "--checkpoints",
+        nargs="+",
+        choices=STAGES,
+        default=(),
+        metavar="STAGE",
+        help="take these stages' EMA weights from the sources' checkpoints/<stage>.pt (a snapshot of "
+        "a run still training; the run goes on undisturbed) instead of their exported weights",
+    )
     assemble.add_argument("--out", required=True, help="the model directory to write")
     assemble.set_defaults(func=run_assemble)
 
@@ -263,7 +272,7 @@ def run_assemble(args: argparse.Namespace) -> int:
     from models.training.assemble import assemble
 
     try:
-        taken = assemble(args.out, get_config(args.config), args.sources, args.stages)
+        taken = assemble(args.out, get_config(args.config), args.sources, args.stages, args.checkpoints)
     except (WeightsError, KeyError) as error:
         print(f"unclip assemble: {error}", file=sys.stderr)
         return 2

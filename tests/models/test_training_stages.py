@@ -217,6 +217,42 @@ def test_assemble_combines_stages_trained_apart(tmp_path: Path) -> None:
     assert not (out / "manifest.json").exists()
 
 
+def test_assemble_snapshots_a_stage_from_its_checkpoint(tmp_path: Path) -> None:
+    """A run still training has only a checkpoint: ``--checkpoints`` exports its EMA weights (what
+    the run would export if it ended at that step) beside the finished stages' weights."""
+    from cli.main import main
+    from models.training.assemble import assemble
+
+    run = tmp_path / "run"
+    ctx = StageContext(
+        config=CONFIG, train=RECIPE, source=ShapesSource(), out_dir=run, device=torch.device("cpu")
+    )
+    torch.manual_seed(0)
+    task = create_task("sr256", ctx)
+    trainer = Trainer(task, replace(RECIPE, batch_size=2, steps=3), run, show_progress=False)
+    trainer.run()  # a checkpoint of step 3, no exported weights (the runner exports at the end)
+    torch.manual_seed(1)
+    save_weights(run, CONFIG, {"clip": build_clip_model(CONFIG.clip)})  # a finished stage
+
+    taken = assemble(tmp_path / "snap", CONFIG, [run], from_checkpoints=["sr256"])
+    assert taken == {"clip": run, "sr256": run / "checkpoints" / "sr256.pt"}
+    snapshot = load_stage_state(tmp_path / "snap", "sr256")
+    expected = trainer.averaged_state_dict()
+    assert snapshot.keys() == expected.keys()
+    assert all(torch.equal(snapshot[k], expected[k]) for k in expected)
+    live = task.module.state_dict()
+    assert any(not torch.equal(snapshot[k], live[k]) for k in live)  # the average, not the live weights
+    notes = json.loads(read_manifest(tmp_path / "snap").notes or "{}")
+    assert notes["sr256"]["steps"] == 3 and notes["sr256"]["snapshot_of"].endswith("sr256.pt")
+
+    with pytest.raises(WeightsError, match="no checkpoint of stage 'prior'"):
+        assemble(tmp_path / "snap2", CONFIG, [run], from_checkpoints=["prior"])
+    out = tmp_path / "cli"
+    args = ["assemble", str(run), "--config", CONFIG.name, "--checkpoints", "sr256", "--out", str(out)]
+    assert main(args) == 2  # the test config is no preset: refused before anything is written
+    assert not (out / "manifest.json").exists()
+
+
 POOLED_CONFIG = replace(CONFIG, decoder=replace(CONFIG.decoder, unet=replace(UNET, text_pool_to_time=True)))
 
 
