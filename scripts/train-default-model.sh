@@ -15,20 +15,22 @@
 #   clip     1,500 × 256   position-swap twins in half of each batch      ≈ 20 min
 #   prior      400 × 256   on that CLIP                                   ≈ 10 min
 #   sr256    3,200 × 32    64→256 on crops of ¼ the side                  ≈ 21 min
-#   sr256   +  200 × 32    the same network on whole images               ≈ 17 min (bf16)
+#   sr256      200 × 32    from those weights, on whole images            ≈ 15 min (bf16)
 #   sr1024     360 × 8                                                    ≈  5 min
 #   decoder 24,000 × 32    768K examples, outline-weighted loss           ≈ 2.7 h (bf16)
 #
 # sr256 ends on whole images because crops and whole images give its GroupNorms different
-# statistics (RECIPE.md, section 5). The small stages come first so that a run cut short holds
+# statistics (RECIPE.md, section 5): a fine-tune of its own, with a fresh warmup and schedule
+# (`--init-from`). Continuing the crop run's schedule instead put those 200 steps at a tenth of
+# the peak rate, and the result lost the object in 40% of 256x256 images (docs/training.md). The small stages come first so that a run cut short holds
 # finished stages and one checkpoint. The decoder and sr256's whole-image phase train under
 # bfloat16 autocast where /proc/cpuinfo lists amx_bf16 or avx512_bf16 (1.4x the decoder's
 # examples/s and 2x sr256's on that EPYC); elsewhere in float32, since emulated bf16 trained the
 # decoder 13x slower than float32 (oneDNN and ATen held to AVX2 on the same EPYC).
 #
-# The stages train in OUT_DIR/stages; sr256's whole-image phase continues from its checkpoint in
-# OUT_DIR/sr256-whole (its manifest records crop_fraction 1, another config); `unclip assemble`
-# combines both into OUT_DIR/model. Every stage resumes from its checkpoints/<stage>.pt, so
+# The stages train in OUT_DIR/stages; sr256's whole-image fine-tune in OUT_DIR/sr256-whole (its
+# manifest records crop_fraction 1, another config); `unclip assemble` combines both into
+# OUT_DIR/model. Every stage resumes from its checkpoints/<stage>.pt, so
 # rerunning after an interruption (Ctrl-C or SIGTERM checkpoint first) continues where it
 # stopped, and a finished stage is not trained again. Serve the result with
 # `UNCLIP_WEIGHTS=OUT_DIR/model`, or ship it:
@@ -74,11 +76,7 @@ echo "training into $OUT (logs: $OUT/train-<stage>.log)"
 train "$OUT/stages" clip 1500
 train "$OUT/stages" prior 400
 train "$OUT/stages" sr256 3200
-if ! finished "$OUT/sr256-whole" sr256 "$(scaled 3400)"; then  # continue from the crop phase
-    mkdir -p "$OUT/sr256-whole/checkpoints"
-    [ -f "$OUT/sr256-whole/checkpoints/sr256.pt" ] || cp "$OUT/stages/checkpoints/sr256.pt" "$OUT/sr256-whole/checkpoints/"
-fi
-train "$OUT/sr256-whole" sr256 3400 --crop-fraction 1 "${BF16[@]}"
+train "$OUT/sr256-whole" sr256 200 --init-from "$OUT/stages" --crop-fraction 1 "${BF16[@]}"
 train "$OUT/stages" sr1024 360
 train "$OUT/stages" decoder 24000 "${BF16[@]}"
 "$UNCLIP" assemble "$OUT/stages" "$OUT/sr256-whole" --out "$OUT/model" >/dev/null
