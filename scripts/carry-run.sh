@@ -41,7 +41,8 @@ pack() {
 }
 
 unpack() {
-    local carry="$1" run="$2" sum file
+    local carry="$1" run="$2" sums sum file
+    sums=$(realpath "$carry/SHA256SUMS")  # before the cd below: CARRY_DIR may be relative
     mkdir -p "$run"
     while read -r sum file; do
         mkdir -p "$run/$(dirname "$file")"
@@ -51,7 +52,7 @@ unpack() {
             cat "$carry/$file".part-* >"$run/$file"
         fi
     done <"$carry/SHA256SUMS"
-    (cd "$run" && sha256sum --quiet -c "$(realpath "$carry/SHA256SUMS")")
+    (cd "$run" && sha256sum --quiet -c "$sums")
     echo "unpacked $(wc -l <"$carry/SHA256SUMS") files into $run"
 }
 

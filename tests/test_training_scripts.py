@@ -17,10 +17,12 @@ CARRY_SCRIPT = ROOT / "scripts" / "carry-run.sh"
 STAGES = ("clip", "prior", "decoder", "sr256", "sr1024")
 
 
-def carry(*args: str | Path, part_bytes: int = 1000) -> subprocess.CompletedProcess[str]:
+def carry(
+    *args: str | Path, part_bytes: int = 1000, cwd: Path | None = None
+) -> subprocess.CompletedProcess[str]:
     env = {**os.environ, "CARRY_PART_BYTES": str(part_bytes)}
     return subprocess.run(
-        ["bash", str(CARRY_SCRIPT), *map(str, args)], capture_output=True, text=True, env=env
+        ["bash", str(CARRY_SCRIPT), *map(str, args)], capture_output=True, text=True, env=env, cwd=cwd
     )
 
 
@@ -51,7 +53,7 @@ def test_carry_round_trips_a_run_with_only_the_named_checkpoints(tmp_path: Path)
     assert not any("clip.pt" in name for name in carried)
     assert all((tmp_path / "carry" / name).stat().st_size <= 1000 for name in carried)
 
-    unpacked = carry("unpack", tmp_path / "carry", tmp_path / "back")
+    unpacked = carry("unpack", "carry", "back", cwd=tmp_path)  # relative paths, as in the docs
     assert unpacked.returncode == 0, unpacked.stderr
     restored = {
         p.relative_to(tmp_path / "back").as_posix(): p.read_bytes()
