@@ -41,10 +41,10 @@ pack() {
 }
 
 unpack() {
-    local carry="$1" run="$2" sums sum file
+    local carry="$1" run="$2" sums file
     sums=$(realpath "$carry/SHA256SUMS")  # before the cd below: CARRY_DIR may be relative
     mkdir -p "$run"
-    while read -r sum file; do
+    while read -r _ file; do  # "<sha256>  <path>" lines
         mkdir -p "$run/$(dirname "$file")"
         if [ -f "$carry/$file" ]; then
             cp -p "$carry/$file" "$run/$file"

@@ -564,11 +564,13 @@ def test_entrypoint_empties_the_multiprocess_dir(tmp_path: Path) -> None:
     assert result.stdout == ""
 
 
-def test_shellcheck_entrypoint() -> None:
+SHELL_SCRIPTS = [DEPLOY / "docker-entrypoint.sh", *sorted((ROOT / "scripts").glob("*.sh"))]
+
+
+@pytest.mark.parametrize("script", SHELL_SCRIPTS, ids=lambda path: path.name)
+def test_shellcheck_passes(script: Path) -> None:
     shellcheck = find_tool("shellcheck")
     if shellcheck is None:
         pytest.skip("shellcheck not installed (Debian: apt-get install shellcheck)")
-    result = subprocess.run(
-        [shellcheck, str(DEPLOY / "docker-entrypoint.sh")], capture_output=True, text=True
-    )
+    result = subprocess.run([shellcheck, str(script)], capture_output=True, text=True)
     assert result.returncode == 0, result.stdout
