@@ -22,6 +22,7 @@ import structlog
 from models.checkpoints import WeightsError, load_stage_state, read_manifest
 from models.configs import STAGES, ModelConfig, StageName
 from models.factory import create_stage_module
+from models.training.ema import EMA
 from models.training.runner import export_stage
 from models.training.state import checkpoint_path, load_checkpoint
 
@@ -70,7 +71,7 @@ def assemble(
     for stage in wanted:
         if stage in snapshots:
             taken[stage] = snapshots[stage]
-            state, notes = _ema_snapshot(snapshots[stage], stage)
+            state, notes = _ema_snapshot(snapshots[stage], stage, config)
         else:
             taken[stage] = found[stage]
             state, notes = load_stage_state(found[stage], stage), _stage_notes(found[stage], stage)
@@ -80,15 +81,18 @@ def assemble(
     return taken
 
 
-def _ema_snapshot(path: Path, stage: StageName) -> tuple[dict[str, Any], dict[str, Any]]:
+def _ema_snapshot(path: Path, stage: StageName, config: ModelConfig) -> tuple[dict[str, Any], dict[str, Any]]:
     """A training checkpoint's EMA weights as the stage's state dict (what the run would export if
-    it ended now), and notes saying which step they are of."""
+    it ended now, by the trainer's own :meth:`EMA.averaged_state_dict`), and notes saying which
+    step they are of."""
     checkpoint = load_checkpoint(path)
     if checkpoint is None or checkpoint.get("stage") != stage:
         raise WeightsError(f"{path} is not a training checkpoint of stage {stage!r}")
-    state = {name: tensor.detach().clone() for name, tensor in checkpoint["module"].items()}
-    for name, averaged in checkpoint["ema"]["shadow"].items():  # float32 shadows of float weights
-        state[name] = averaged.to(state[name].dtype)
+    _check_fits(stage, config, checkpoint["module"], path)
+    module = create_stage_module(stage, config)
+    module.load_state_dict(checkpoint["module"])
+    ema = EMA(module)
+    ema.load_state_dict(checkpoint["ema"])
     recipe = checkpoint.get("train_config", {})
     notes = {
         "snapshot_of": str(path),
@@ -97,7 +101,7 @@ def _ema_snapshot(path: Path, stage: StageName) -> tuple[dict[str, Any], dict[st
         "seconds": round(float(checkpoint["elapsed_seconds"]), 1),
         "recipe": {k: recipe[k] for k in ("batch_size", "lr", "seed", "steps", "bf16") if k in recipe},
     }
-    return state, notes
+    return ema.averaged_state_dict(module), notes
 
 
 def _check_fits(stage: StageName, config: ModelConfig, state: dict[str, Any], source: Path) -> None:
