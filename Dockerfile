@@ -72,7 +72,7 @@ LABEL org.opencontainers.image.title="unclip-service" \
 # /data/images is the shared image volume: a fresh named volume copies this directory's owner.
 RUN groupadd --system --gid 10001 unclip \
  && useradd --system --uid 10001 --gid unclip --create-home --home-dir /home/unclip --shell /usr/sbin/nologin unclip \
- && mkdir -p /data/images /run/unclip/prometheus \
+ && mkdir -p /data/images /data/compile-cache /run/unclip/prometheus \
  && chown -R unclip:unclip /data /run/unclip
 
 COPY --from=builder /opt/venv /opt/venv
@@ -87,6 +87,7 @@ ENV PATH="/opt/venv/bin:${PATH}" \
     PYTHONDONTWRITEBYTECODE=1 \
     PROMETHEUS_MULTIPROC_DIR=/run/unclip/prometheus \
     UNCLIP_STORAGE_DIR=/data/images \
+    UNCLIP_COMPILE_CACHE_DIR=/data/compile-cache \
     UNCLIP_WORKER_METRICS_PORT=9101 \
     NVIDIA_DRIVER_CAPABILITIES=compute,utility
 

@@ -79,6 +79,12 @@ class Settings(BaseSettings):
     compile_stages: UNetStages = Field(
         default=("decoder", "sr256", "sr1024"), description="the UNets that compile_unets compiles"
     )
+    compile_cache_dir: Path | None = Field(
+        default=None,
+        description="where Inductor keeps compiled UNets, so a restarted worker loads them instead of "
+        "compiling again (TORCHINDUCTOR_CACHE_DIR; an operator's own value of that wins); None: "
+        "torch's default, /tmp/torchinductor_<user>, which a new container does not have",
+    )
     cuda_graphs: bool = Field(default=False, description="on CUDA: CUDA graphs for fixed batch buckets")
     micro_batch_sr256: int = Field(default=4, ge=0, le=256, description="rows run together (0: all)")
     micro_batch_sr1024: int = Field(default=1, ge=0, le=256, description="rows run together (0: all)")

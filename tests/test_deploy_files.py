@@ -331,6 +331,19 @@ def test_api_and_worker_share_image_and_images_volume(services: dict[str, Any]) 
         assert f"images:{storage}" in service["volumes"]
 
 
+def test_worker_keeps_compiled_unets_on_a_named_volume(
+    services: dict[str, Any], compose: dict[str, Any]
+) -> None:
+    """A recreated worker container starts without /tmp: the compile cache lives on a volume,
+    created in the image and owned by its user (a fresh named volume copies that ownership)."""
+    cache = env_of(services["worker"])["UNCLIP_COMPILE_CACHE_DIR"]
+    assert f"compile-cache:{cache}" in services["worker"]["volumes"]
+    assert "compile-cache" in compose["volumes"]
+    dockerfile = (ROOT / "Dockerfile").read_text()
+    assert f"UNCLIP_COMPILE_CACHE_DIR={cache}" in dockerfile
+    assert re.search(rf"mkdir -p [^\n]*{re.escape(cache)}", dockerfile)
+
+
 def test_worker_reserves_a_gpu_and_stops_gracefully(services: dict[str, Any]) -> None:
     worker = services["worker"]
     command = worker["command"] if isinstance(worker["command"], str) else " ".join(worker["command"])

@@ -27,7 +27,13 @@ from models.host_memory import keep_freed_memory
 from workers.host_slots import HostSlot, thread_share
 from workers.leases import Lease, PeriodicThread, Reaper
 from workers.outages import work_through_outages
-from workers.runtime import Runtime, RuntimeState, configure_openmp, pipeline_loader
+from workers.runtime import (
+    Runtime,
+    RuntimeState,
+    configure_compile_cache,
+    configure_openmp,
+    pipeline_loader,
+)
 from workers.text_cache import TextEncodingCache
 from workers.webhooks import WebhookSender
 from workers.worker import BatchingWorker
@@ -61,6 +67,7 @@ def run(burst: bool = False, name: str | None = None) -> int:
     2 when Redis does not answer."""
     settings = get_settings()
     configure_openmp(settings.omp_wait_policy)  # before anything loads torch
+    configure_compile_cache(settings.compile_cache_dir)
     if settings.keep_freed_memory:
         keep_freed_memory()
     logging.basicConfig(level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")

@@ -14,6 +14,7 @@ import os
 import sys
 import time
 from collections.abc import Callable, Collection, Sequence
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 from contract.metrics import WorkerMetrics
@@ -165,6 +166,24 @@ def configure_openmp(policy: str) -> None:
     os.environ["OMP_WAIT_POLICY"] = policy.upper()
 
 
+def configure_compile_cache(cache_dir: Path | None) -> None:
+    """Point Inductor's on-disk cache at ``cache_dir`` (``TORCHINDUCTOR_CACHE_DIR``), before anything
+    compiles; an operator's own environment value wins. Inductor keys each compiled graph by the
+    graph, the torch version and the machine's compiler and CPU, so a restarted worker (or another
+    worker sharing the directory: entries are written to a temporary file and renamed) loads what
+    an earlier one compiled instead of generating and building its C++ or Triton code again."""
+    if cache_dir is None:
+        return
+    # Importing torch._dynamo fills in the variable with torch's default: only another value
+    # is the operator's own.
+    from torch._inductor.runtime.cache_dir_utils import default_cache_dir
+
+    if os.environ.get("TORCHINDUCTOR_CACHE_DIR", default_cache_dir()) != default_cache_dir():
+        return
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    os.environ["TORCHINDUCTOR_CACHE_DIR"] = str(cache_dir.resolve())
+
+
 def execution_from_settings(settings: Settings) -> ExecutionConfig:
     """The worker's fast-path switches (``UNCLIP_FUSED_ATTENTION``, ``UNCLIP_CHANNELS_LAST``, ...)."""
     from models.execution import ExecutionConfig
@@ -218,5 +237,20 @@ def warm_up(pipeline: UnclipPipeline, max_batch: int) -> float:
     for batch in buckets:
         pipeline.generate([GenerationRequest("warm-up", n=batch)], STAGE_SIDES[-1][1], one_step)
     seconds = time.perf_counter() - started
-    log.info("compiled and warmed up batch buckets %s in %.1fs", buckets, seconds)
+    hits, misses = compile_cache_counts()
+    log.info(
+        "compiled and warmed up batch buckets %s in %.1fs (Inductor cache: %d graphs loaded, %d compiled)",
+        buckets,
+        seconds,
+        hits,
+        misses,
+    )
     return seconds
+
+
+def compile_cache_counts() -> tuple[int, int]:
+    """Graphs this process loaded from Inductor's on-disk cache, and graphs it had to compile."""
+    from torch._dynamo.utils import counters
+
+    inductor = counters["inductor"]
+    return int(inductor["fxgraph_cache_hit"]), int(inductor["fxgraph_cache_miss"])
