@@ -61,8 +61,15 @@ RUN --mount=type=cache,target=/root/.cache/pip \
  && pip check
 
 # ---------------------------------------------------------------------------------------------------------
-# runtime: the virtualenv, two small scripts, a non-root user. No compiler, no pip cache, no source tree.
+# runtime: the virtualenv, two small scripts, a non-root user. No pip cache, no source tree.
 FROM ${PYTHON_IMAGE} AS runtime
+
+# A C++ compiler, for torch.compile only (UNCLIP_COMPILE_UNETS, UNCLIP_CUDA_GRAPHS): Inductor builds the
+# kernels it generates for the CPU as C++, and Triton builds its CUDA launcher from C, at run time. Without
+# one, a worker with compiling on fails at its warm-up. About 200 MB beside torch's CUDA wheels.
+RUN apt-get update \
+ && apt-get install -y --no-install-recommends g++=4:12.2.0-3 \
+ && rm -rf /var/lib/apt/lists/*
 
 LABEL org.opencontainers.image.title="unclip-service" \
       org.opencontainers.image.description="Open unCLIP (DALL-E 2) text-to-image service: FastAPI API and rq GPU workers" \

@@ -344,6 +344,17 @@ def test_worker_keeps_compiled_unets_on_a_named_volume(
     assert re.search(rf"mkdir -p [^\n]*{re.escape(cache)}", dockerfile)
 
 
+def test_runtime_image_can_compile_the_unets() -> None:
+    """UNCLIP_COMPILE_UNETS and UNCLIP_CUDA_GRAPHS build C++ (Inductor, CPU) and C (Triton's
+    launcher) at run time: the runtime stage, not only the builder, has a compiler."""
+    instructions = dockerfile_instructions()
+    runtime_from = max(
+        i for i, (name, args) in enumerate(instructions) if name == "FROM" and "AS runtime" in args
+    )
+    runs = " ".join(args for name, args in instructions[runtime_from:] if name == "RUN")
+    assert re.search(r"apt-get install [^&]*\bg\+\+", runs)
+
+
 def test_worker_reserves_a_gpu_and_stops_gracefully(services: dict[str, Any]) -> None:
     worker = services["worker"]
     command = worker["command"] if isinstance(worker["command"], str) else " ".join(worker["command"])
