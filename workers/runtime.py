@@ -178,7 +178,8 @@ def configure_compile_cache(cache_dir: Path | None) -> None:
     # is the operator's own.
     from torch._inductor.runtime.cache_dir_utils import default_cache_dir
 
-    if os.environ.get("TORCHINDUCTOR_CACHE_DIR", default_cache_dir()) != default_cache_dir():
+    torch_default = default_cache_dir()
+    if os.environ.get("TORCHINDUCTOR_CACHE_DIR", torch_default) != torch_default:
         return
     cache_dir.mkdir(parents=True, exist_ok=True)
     os.environ["TORCHINDUCTOR_CACHE_DIR"] = str(cache_dir.resolve())
