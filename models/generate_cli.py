@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from models.configs import STAGES
+from models.execution_args import add_execution_arguments, execution_from_args
 from models.progress_bars import StageBars
 from models.sampling_args import add_sampling_arguments, sampling_from_args
 
@@ -34,6 +35,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--dtype", default="float32", choices=["bfloat16", "float16", "float32"])
     p.add_argument("--batch-size", type=int, default=8, help="prompts sampled together")
     add_sampling_arguments(p)
+    add_execution_arguments(p)
     p.set_defaults(func=run)
 
 
@@ -67,7 +69,9 @@ def run(args: argparse.Namespace) -> int:
         raise SystemExit(f"unclip generate: --size: {error}") from None
     weights = f"random:{args.random_weights}" if args.random_weights else args.weights
     try:
-        pipeline: UnclipPipeline = load_pipeline(weights, device=args.device, dtype=args.dtype)
+        pipeline: UnclipPipeline = load_pipeline(
+            weights, device=args.device, dtype=args.dtype, execution=execution_from_args(args)
+        )
     except (FileNotFoundError, ValueError, KeyError) as error:  # missing dir, bad weights, unknown preset
         raise SystemExit(f"unclip generate: {error}") from None
     sampling = sampling_from_args(args, pipeline.config.sampling)

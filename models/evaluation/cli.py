@@ -7,6 +7,7 @@ import argparse
 import sys
 from pathlib import Path
 
+from models.execution_args import add_execution_arguments, execution_from_args
 from models.sampling_args import add_sampling_arguments, sampling_from_args
 
 
@@ -40,6 +41,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     add_sampling_arguments(p)
+    add_execution_arguments(p)
     p.set_defaults(func=run)
 
 
@@ -53,7 +55,9 @@ def run(args: argparse.Namespace) -> int:
     if args.n < 2 or args.batch_size < 1:
         raise SystemExit("unclip evaluate: --n must be at least 2 and --batch-size at least 1")
     try:
-        pipeline = load_pipeline(args.weights, device=args.device, dtype=args.dtype)
+        pipeline = load_pipeline(
+            args.weights, device=args.device, dtype=args.dtype, execution=execution_from_args(args)
+        )
     except (FileNotFoundError, ValueError, KeyError) as error:  # missing dir, bad weights, unknown preset
         raise SystemExit(f"unclip evaluate: {error}") from None
     sampling = sampling_from_args(args, pipeline.config.sampling)

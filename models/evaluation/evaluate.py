@@ -109,13 +109,15 @@ class EvaluationReport:
             f"| CLIP-FID floor (rendered vs rendered, other seed) | {self.reference_fid:.4f} |",
             f"| seconds per image | {self.seconds_per_image:.3f} |",
             "",
-            "| stage | steps | guidance | sampler | seconds per image |",
-            "|---|---|---|---|---|",
+            "| stage | steps | guidance | sampler | precision | seconds per image |",
+            "|---|---|---|---|---|---|",
         ]
+        precision = self.meta.get("precision", {})
         for stage, per_image in self.stage_seconds_per_image().items():
             s = self.sampling.get(stage, {})
             lines.append(
-                f"| {stage} | {s.get('steps', '–')} | {s.get('guidance', '–')} | {s.get('sampler', '–')} | {per_image:.3f} |"
+                f"| {stage} | {s.get('steps', '–')} | {s.get('guidance', '–')} | {s.get('sampler', '–')} "
+                f"| {precision.get(stage, '–')} | {per_image:.3f} |"
             )
         if self.shape_confusion:
             read_as = list(next(iter(self.shape_confusion.values())))
@@ -284,13 +286,28 @@ def evaluate(
         stage_seconds=stage_seconds,
         device=str(pipeline.device),
         image_embeddings=image_embeddings,
-        meta={"seed": seed, "batch_size": batch_size, "heldout_seed": HELDOUT_SEED},
+        meta={
+            "seed": seed,
+            "batch_size": batch_size,
+            "heldout_seed": HELDOUT_SEED,
+            "precision": stage_precisions(pipeline),
+        },
         shape_confusion=adherence_report.shape_confusion,
         shape_fidelity=fidelity_section([shape_fidelity(image) for image in images], prompts),
     )
     if out_dir is not None:
         write_outputs(report, images, prompts, Path(out_dir))
     return report
+
+
+def stage_precisions(pipeline: UnclipPipeline) -> dict[str, str]:
+    """What each stage's network computes in under the pipeline's fast path: its weights' dtype,
+    or bfloat16 where the stage autocasts on this device."""
+    precisions: dict[str, str] = {}
+    for stage in pipeline.networks:
+        autocast = pipeline.execution.autocast_dtype(stage, pipeline.device)
+        precisions[stage] = str(autocast or pipeline.dtype).removeprefix("torch.")
+    return precisions
 
 
 def _reference_fid(pipeline: UnclipPipeline, rendered_emb: torch.Tensor, n: int, size: int) -> float:

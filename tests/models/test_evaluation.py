@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 from models.configs import SamplingConfig, StageSampling
@@ -319,9 +320,37 @@ def test_cli_runs(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
                 "1",
                 "--guidance-decoder",
                 "1",
+                "--autocast-stages",
+                "decoder",
             ),
         ]
     )
     assert args.func(args) == 0
     assert {"grid.png", "report.json", "report.md"} <= {p.name for p in tmp_path.iterdir()}
     assert "all four" in capsys.readouterr().out
+    # The report says what each network computed in: the decoder in bf16 only where the CPU has it,
+    # the upsamplers (not named) in float32.
+    from models.execution import bf16_supported
+
+    precision = json.loads((tmp_path / "report.json").read_text())["meta"]["precision"]
+    decoder = "bfloat16" if bf16_supported(torch.device("cpu")) else "float32"
+    assert precision == {"prior": "float32", "decoder": decoder, "sr256": "float32", "sr1024": "float32"}
+    assert f"| {decoder} |" in (tmp_path / "report.md").read_text()
+
+
+def test_cli_autocast_stages() -> None:
+    """``--autocast-stages`` picks which UNets autocast to bf16; unset, the fast path's default."""
+    from models.execution import ExecutionConfig
+    from models.execution_args import execution_from_args
+
+    assert execution_from_args(_parser().parse_args(["evaluate"])) == ExecutionConfig()
+    chosen = execution_from_args(_parser().parse_args(["evaluate", "--autocast-stages", "decoder, sr256"]))
+    assert chosen.autocast_stages == ("decoder", "sr256")
+    assert chosen == ExecutionConfig(autocast_stages=("decoder", "sr256"))
+    assert (
+        execution_from_args(_parser().parse_args(["evaluate", "--autocast-stages", "none"])).autocast_stages
+        == ()
+    )
+    for bad in ("prior", "decoder,sr512", ","):
+        with pytest.raises(SystemExit):
+            _parser().parse_args(["evaluate", "--autocast-stages", bad])
