@@ -63,6 +63,8 @@ def test_prompts_file_in_batches(tmp_path: Path) -> None:
         str(out),
         "--random-weights",
         "tiny",
+        "--autocast-stages",
+        "decoder,sr256",
         *FAST_STEPS,
     )
     assert result.returncode == 0, result.stderr
@@ -72,6 +74,11 @@ def test_prompts_file_in_batches(tmp_path: Path) -> None:
 def test_missing_prompt_is_a_clear_error(tmp_path: Path) -> None:
     result = unclip("generate", "--random-weights", "tiny", "--out", str(tmp_path))
     assert result.returncode != 0 and "PROMPT" in result.stderr
+
+
+def test_unknown_autocast_stage_is_a_clear_error(tmp_path: Path) -> None:
+    result = unclip("generate", "a red circle", "--random-weights", "tiny", "--autocast-stages", "prior")
+    assert result.returncode == 2 and "--autocast-stages" in result.stderr and "decoder" in result.stderr
 
 
 def test_missing_weights_dir_is_a_clear_error(tmp_path: Path) -> None:
