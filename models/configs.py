@@ -21,6 +21,10 @@ SamplerName = Literal["ddpm", "ddim", "dpm++2m"]
 Corruption = Literal["gaussian_blur", "bsr"]
 StageName = Literal["clip", "prior", "decoder", "sr256", "sr1024"]
 STAGES: tuple[StageName, ...] = ("clip", "prior", "decoder", "sr256", "sr1024")
+UNET_STAGES: tuple[StageName, ...] = ("decoder", "sr256", "sr1024")
+# The UNets that run under bf16 autocast by default where the device has native bf16
+# (models.execution.ExecutionConfig; docs/benchmark.md says why the decoder is not among them).
+DEFAULT_AUTOCAST_STAGES: tuple[StageName, ...] = ("sr256", "sr1024")
 
 
 @dataclass(frozen=True)

@@ -48,12 +48,11 @@ from typing import Any, Literal
 import torch
 from torch import nn
 
-from models.configs import StageName
+from models.configs import DEFAULT_AUTOCAST_STAGES, UNET_STAGES, StageName
 from models.nn import GroupNorm32
 from models.unet import AttentionBlock, ResBlock
 
 AutocastMode = Literal["off", "bfloat16"]
-UNET_STAGES: tuple[StageName, ...] = ("decoder", "sr256", "sr1024")
 
 
 @dataclass(frozen=True)
@@ -68,7 +67,7 @@ class ExecutionConfig:
     # next one (scripts/gpu-check.sh, variant ``channels-last-gpu``).
     channels_last_devices: tuple[str, ...] = ("cpu",)
     autocast: AutocastMode = "bfloat16"
-    autocast_stages: tuple[StageName, ...] = ("sr256", "sr1024")
+    autocast_stages: tuple[StageName, ...] = DEFAULT_AUTOCAST_STAGES
     cast_weights_once: bool = True
     compile: bool = False
     compile_stages: tuple[StageName, ...] = UNET_STAGES

@@ -9,10 +9,12 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-from typing import cast
+from typing import TYPE_CHECKING, cast
 
-from models.configs import StageName
-from models.execution import UNET_STAGES, ExecutionConfig
+from models.configs import DEFAULT_AUTOCAST_STAGES, UNET_STAGES, StageName
+
+if TYPE_CHECKING:  # models.execution imports torch, which `unclip generate --help` must not load
+    from models.execution import ExecutionConfig
 
 
 def parse_autocast_stages(text: str) -> tuple[StageName, ...]:
@@ -30,7 +32,7 @@ def parse_autocast_stages(text: str) -> tuple[StageName, ...]:
 
 def add_execution_arguments(parser: argparse.ArgumentParser) -> None:
     """``--autocast-stages``: which UNets run in bfloat16 where the device computes it natively."""
-    default = ",".join(ExecutionConfig().autocast_stages)
+    default = ",".join(DEFAULT_AUTOCAST_STAGES)
     parser.add_argument(
         "--autocast-stages",
         type=parse_autocast_stages,
@@ -42,6 +44,8 @@ def add_execution_arguments(parser: argparse.ArgumentParser) -> None:
 
 def execution_from_args(args: argparse.Namespace) -> ExecutionConfig:
     """The default fast path with the command line's precision, if it named one."""
+    from models.execution import ExecutionConfig
+
     stages: tuple[StageName, ...] | None = getattr(args, "autocast_stages", None)
     if stages is None:
         return ExecutionConfig()
