@@ -17,7 +17,7 @@
 #   sr256    3,200 × 32    64→256 on crops of ¼ the side                  ≈ 21 min
 #   sr256      200 × 32    from those weights, on whole images            ≈ 15 min (bf16)
 #   sr1024     360 × 8                                                    ≈  5 min
-#   decoder 24,000 × 32    768K examples, outline-weighted loss           ≈ 2.7 h (bf16)
+#   decoder 40,000 × 32    1.28M examples, outline-weighted loss          ≈ 7 h (bf16, 45–52/s)
 #
 # sr256 ends on whole images because crops and whole images give its GroupNorms different
 # statistics (RECIPE.md, section 5): a fine-tune of its own, with a fresh warmup and schedule
@@ -78,6 +78,6 @@ train "$OUT/stages" prior 400
 train "$OUT/stages" sr256 3200
 train "$OUT/sr256-whole" sr256 200 --init-from "$OUT/stages" --crop-fraction 1 "${BF16[@]}"
 train "$OUT/stages" sr1024 360
-train "$OUT/stages" decoder 24000 "${BF16[@]}"
+train "$OUT/stages" decoder 40000 "${BF16[@]}"
 "$UNCLIP" assemble "$OUT/stages" "$OUT/sr256-whole" --out "$OUT/model" >/dev/null
 echo "$(date -u +%FT%TZ) model directory: $OUT/model"
