@@ -121,7 +121,7 @@ def test_repeated_prompt_hits_the_text_cache(api: str, worker: WorkerProcess) ->
 def test_jobs_queued_behind_a_busy_worker_share_batches(api: str, worker: WorkerProcess) -> None:
     count_before = worker.metric("unclip_batch_size_count")
     sum_before = worker.metric("unclip_batch_size_sum")
-    blocker = submit(api, prompt="keep the worker busy", **steps(20))
+    blocker = submit(api, prompt="keep the worker busy", **steps(60))
     wait_for(lambda: read(api, blocker["id"])["status"] == "running", 30, what="the blocker to start")
     with ThreadPoolExecutor(8) as pool:
         ids = list(pool.map(lambda i: submit(api, prompt=f"queued job {i}")["id"], range(8)))
@@ -139,7 +139,7 @@ def test_jobs_queued_behind_a_busy_worker_share_batches(api: str, worker: Worker
 def test_cancel_a_running_batch_member(api: str, settings: Settings, redis: Redis) -> None:
     # Queue both behind a blocker (other settings, so its own batch) so that the worker takes
     # them together however slow the machine is.
-    blocker = submit(api, prompt="keep the worker busy", **steps(20))
+    blocker = submit(api, prompt="keep the worker busy", **steps(60))
     wait_for(lambda: read(api, blocker["id"])["status"] == "running", 30, what="the blocker to start")
     victim = submit(api, prompt="cancel me", **steps(36))
     survivor = submit(api, prompt="let me finish", **steps(36))
