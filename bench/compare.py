@@ -37,7 +37,7 @@ from bench.measure import StageClock, flop_counter, peak_for, peak_memory, peak_
 from bench.peer import build_peer, flop_matched, karlo_config
 from bench.report import markdown_report
 from models.clip import TextEncoding
-from models.configs import STAGES, UNET_STAGES, ModelConfig, SamplingConfig, StageName, get_config
+from models.configs import DEFAULT_AUTOCAST_STAGES, STAGES, UNET_STAGES, ModelConfig, SamplingConfig, StageName, get_config
 from models.execution import BASELINE, ExecutionConfig, network_call, prepare_network
 from models.factory import create_stage_module
 from models.host_memory import keep_freed_memory
@@ -55,6 +55,8 @@ VARIANTS: dict[str, ExecutionConfig] = {
     "channels-last-gpu": replace(ExecutionConfig(), channels_last_devices=("cpu", "cuda")),
     "nchw-fp32": replace(ExecutionConfig(), channels_last=False, autocast="off"),
     "bf16-all": replace(ExecutionConfig(), autocast_stages=UNET_STAGES),
+    # The decoder in float32 on every device (the default on a CPU with AMX autocasts it).
+    "fp32-decoder": replace(ExecutionConfig(), autocast_stages=DEFAULT_AUTOCAST_STAGES),
     "cast-per-call": replace(ExecutionConfig(), cast_weights_once=False),
     "compile": replace(ExecutionConfig(), compile=True),
     "compile-decoder": replace(ExecutionConfig(), compile=True, compile_stages=("decoder",)),

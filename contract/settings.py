@@ -12,7 +12,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import Field, SecretStr, field_validator
+from pydantic import Field, SecretStr, ValidationInfo, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 # Values that show a secret was copied from an example instead of generated.
@@ -65,7 +65,11 @@ class Settings(BaseSettings):
     autocast: Literal["off", "bfloat16"] = Field(
         default="bfloat16", description="bfloat16 autocast of autocast_stages where the device has bf16"
     )
-    autocast_stages: UNetStages = ("sr256", "sr1024")
+    autocast_stages: UNetStages | None = Field(
+        default=None,
+        description="the UNets that autocast (comma-separated, or 'none'); unset or 'auto': the "
+        "device's measured default, every UNet on a CPU with AMX, sr256 and sr1024 elsewhere",
+    )
     cast_weights_once: bool = Field(
         default=True,
         description="autocast stages keep a bf16 copy of their conv/linear weights instead of "
@@ -241,11 +245,13 @@ class Settings(BaseSettings):
         mode="before",
     )
     @classmethod
-    def _split_list(cls, value: object) -> object:
+    def _split_list(cls, value: object, info: ValidationInfo) -> object:
         """Lists from the environment, comma-separated (``UNCLIP_COMPILE_STAGES=decoder,sr256``,
         ``UNCLIP_CORS_ORIGINS=https://a.example,https://b.example``); a JSON list works too."""
         if isinstance(value, str):
             text = value.strip()
+            if info.field_name == "autocast_stages" and text.lower() in ("", "auto", "none"):
+                return None if text.lower() != "none" else []  # unset/auto: the device's default
             if text.startswith("["):
                 return json.loads(text)
             return [item.strip() for item in text.split(",") if item.strip()]

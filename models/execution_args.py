@@ -11,7 +11,7 @@ import argparse
 import dataclasses
 from typing import TYPE_CHECKING, cast
 
-from models.configs import DEFAULT_AUTOCAST_STAGES, UNET_STAGES, StageName
+from models.configs import AMX_AUTOCAST_STAGES, DEFAULT_AUTOCAST_STAGES, UNET_STAGES, StageName
 
 if TYPE_CHECKING:  # models.execution imports torch, which `unclip generate --help` must not load
     from models.execution import ExecutionConfig
@@ -32,13 +32,13 @@ def parse_autocast_stages(text: str) -> tuple[StageName, ...]:
 
 def add_execution_arguments(parser: argparse.ArgumentParser) -> None:
     """``--autocast-stages``: which UNets run in bfloat16 where the device computes it natively."""
-    default = ",".join(DEFAULT_AUTOCAST_STAGES)
     parser.add_argument(
         "--autocast-stages",
         type=parse_autocast_stages,
         metavar="STAGES",
         help=f"UNets run under bfloat16 autocast where the CPU or GPU has native bf16 "
-        f"('none', or a comma-separated list of {', '.join(UNET_STAGES)}; default: {default})",
+        f"('none', or a comma-separated list of {', '.join(UNET_STAGES)}; default: "
+        f"{','.join(AMX_AUTOCAST_STAGES)} on a CPU with AMX, else {','.join(DEFAULT_AUTOCAST_STAGES)})",
     )
 
 

@@ -82,6 +82,16 @@ def test_get_settings_is_cached_and_built_lazily(monkeypatch: pytest.MonkeyPatch
         get_settings.cache_clear()
 
 
+@pytest.mark.parametrize(("value", "expected"), [(None, None), ("auto", None), ("none", ()), ("[]", ())])
+def test_autocast_stages_default_to_the_device(
+    monkeypatch: pytest.MonkeyPatch, value: str | None, expected: tuple[str, ...] | None
+) -> None:
+    """Unset or ``auto``: the device's measured default (models.execution); ``none``: no UNet."""
+    if value is not None:
+        monkeypatch.setenv("UNCLIP_AUTOCAST_STAGES", value)
+    assert Settings().autocast_stages == expected
+
+
 @pytest.mark.parametrize("value", ["decoder", "decoder, sr256", '["decoder", "sr256"]'])
 def test_stage_and_device_lists_read_commas_or_json(monkeypatch: pytest.MonkeyPatch, value: str) -> None:
     """The form docs/benchmark.md gives (`UNCLIP_COMPILE_STAGES=decoder`) as well as a JSON list."""

@@ -17,7 +17,7 @@ import torch
 from torch import nn
 from torch.utils._python_dispatch import TorchDispatchMode
 
-from models.configs import SamplingConfig, StageSampling, UNetConfig
+from models.configs import DEFAULT_AUTOCAST_STAGES, UNET_STAGES, SamplingConfig, StageSampling, UNetConfig
 from models.execution import (
     BASELINE,
     ExecutionConfig,
@@ -213,10 +213,28 @@ def test_float32_switches_keep_the_images(baseline_images: np.ndarray, execution
 
 @pytest.mark.slow
 @pytest.mark.skipif(not bf16_supported(torch.device("cpu")), reason="no bfloat16 arithmetic on this CPU")
-def test_bf16_autocast_keeps_the_images_close(baseline_images: np.ndarray) -> None:
-    images = _images(load_pipeline(None, execution=ExecutionConfig()))  # the default: sr stages in bf16
+@pytest.mark.parametrize("stages", [DEFAULT_AUTOCAST_STAGES, UNET_STAGES], ids=["upsamplers", "every-unet"])
+def test_bf16_autocast_keeps_the_images_close(baseline_images: np.ndarray, stages: tuple[str, ...]) -> None:
+    """The two defaults: the upsamplers in bf16, and every UNet (a CPU with AMX)."""
+    images = _images(load_pipeline(None, execution=replace(ExecutionConfig(), autocast_stages=stages)))
     diff = np.abs(images - baseline_images)
     assert diff.mean() < 1.5 and np.percentile(diff, 99) <= 8
+
+
+@pytest.mark.parametrize("amx", [True, False])
+def test_the_decoder_autocasts_by_default_only_on_a_cpu_with_amx(
+    monkeypatch: pytest.MonkeyPatch, amx: bool
+) -> None:
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: amx)
+    monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: True)
+    cpu = torch.device("cpu")
+    default = ExecutionConfig()
+    assert default.autocast_dtype("decoder", cpu) == (torch.bfloat16 if amx else None)
+    assert default.autocast_dtype("sr256", cpu) == default.autocast_dtype("sr1024", cpu) == torch.bfloat16
+    chosen = replace(default, autocast_stages=("sr1024",))  # a choice wins over the device's default
+    assert chosen.autocast_dtype("decoder", cpu) is None and chosen.autocast_dtype("sr256", cpu) is None
+    assert replace(default, autocast_stages=()).stages_autocast(cpu) == ()
+    assert replace(default, autocast="off").autocast_dtype("decoder", cpu) is None
 
 
 def test_micro_batches_report_progress_over_all_rows() -> None:
