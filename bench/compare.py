@@ -37,7 +37,15 @@ from bench.measure import StageClock, flop_counter, peak_for, peak_memory, peak_
 from bench.peer import build_peer, flop_matched, karlo_config
 from bench.report import markdown_report
 from models.clip import TextEncoding
-from models.configs import DEFAULT_AUTOCAST_STAGES, STAGES, UNET_STAGES, ModelConfig, SamplingConfig, StageName, get_config
+from models.configs import (
+    DEFAULT_AUTOCAST_STAGES,
+    STAGES,
+    UNET_STAGES,
+    ModelConfig,
+    SamplingConfig,
+    StageName,
+    get_config,
+)
 from models.execution import BASELINE, ExecutionConfig, network_call, prepare_network
 from models.factory import create_stage_module
 from models.host_memory import keep_freed_memory

@@ -332,23 +332,35 @@ def test_cuda_graphs_match_eager_on_gpu() -> None:
 
 
 @pytest.mark.parametrize(
-    ("channels", "dtype"), [(8, torch.bfloat16), (4, torch.float32), (32, torch.bfloat16)]
+    ("channels", "side", "dtype", "kernel_input"),
+    [
+        (8, 24, torch.bfloat16, ("nchw", torch.bfloat16)),  # channels span < 32 bytes
+        (4, 24, torch.float32, ("nchw", torch.float32)),
+        (32, 24, torch.bfloat16, ("channels_last", torch.float32)),  # < 1024 pixels, 1 channel a group
+        (256, 8, torch.bfloat16, ("channels_last", torch.float32)),  # 8 channels a group
+        (512, 8, torch.bfloat16, ("channels_last", torch.bfloat16)),  # 16 channels a group: 32 bytes
+        (32, 32, torch.bfloat16, ("channels_last", torch.bfloat16)),  # 1024 pixels
+        (128, 16, torch.float32, ("channels_last", torch.float32)),
+    ],
 )
-def test_group_norm_on_channels_last_keeps_values_and_layout(channels: int, dtype: torch.dtype) -> None:
-    """Narrow channels-last maps take the NCHW kernel and come back channels-last; wide ones stay
-    on the channels-last kernel. Either way the numbers are the contiguous input's."""
+def test_group_norm_on_channels_last_keeps_values_and_layout(
+    channels: int, side: int, dtype: torch.dtype, kernel_input: tuple[str, torch.dtype]
+) -> None:
+    """Channels-last maps go to the kernel that is fast for them (models.nn: narrow maps through
+    NCHW, small bf16 maps with narrow groups through float32) and come back channels-last in their
+    own dtype. Whichever kernel runs, the numbers are the contiguous input's."""
     torch.manual_seed(0)
     norm = GroupNorm32(norm_groups(channels), channels)
     torch.nn.init.normal_(norm.weight)
     torch.nn.init.normal_(norm.bias)
     norm.upcast = dtype == torch.float32
-    x = torch.randn(2, channels, 24, 24).to(dtype)
+    x = torch.randn(2, channels, side, side).to(dtype)
     expected = norm(x)
     with KernelInputs("native_group_norm") as kernel:
         got = norm(x.contiguous(memory_format=torch.channels_last))
     assert got.is_contiguous(memory_format=torch.channels_last) and got.dtype == dtype
-    narrow = channels * x.element_size() < 32
-    assert [t.is_contiguous() for t in kernel.inputs] == [narrow]  # which kernel ran
+    layout, kernel_dtype = kernel_input
+    assert [(t.is_contiguous(), t.dtype) for t in kernel.inputs] == [(layout == "nchw", kernel_dtype)]
     torch.testing.assert_close(
         got.float(), expected.float(), atol=2e-2 if dtype == torch.bfloat16 else 1e-5, rtol=0
     )
