@@ -97,7 +97,7 @@ def test_the_training_script_trains_every_stage_to_its_steps_then_skips_them(tmp
     assert {stage: notes[stage]["steps"] for stage in STAGES} == {
         "clip": 1,
         "prior": 1,
-        "decoder": 2,
+        "decoder": 4,  # 40,000 × 0.0001
         "sr256": 1,
         "sr1024": 1,
     }
