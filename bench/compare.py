@@ -63,7 +63,7 @@ VARIANTS: dict[str, ExecutionConfig] = {
     "channels-last-gpu": replace(ExecutionConfig(), channels_last_devices=("cpu", "cuda")),
     "nchw-fp32": replace(ExecutionConfig(), channels_last=False, autocast="off"),
     "bf16-all": replace(ExecutionConfig(), autocast_stages=UNET_STAGES),
-    # The decoder in float32 on every device (the default on a CPU with AMX autocasts it).
+    # The decoder in float32 on every device (the default on a CPU with native bf16 autocasts it).
     "fp32-decoder": replace(ExecutionConfig(), autocast_stages=DEFAULT_AUTOCAST_STAGES),
     "cast-per-call": replace(ExecutionConfig(), cast_weights_once=False),
     "compile": replace(ExecutionConfig(), compile=True),

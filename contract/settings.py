@@ -68,7 +68,7 @@ class Settings(BaseSettings):
     autocast_stages: UNetStages | None = Field(
         default=None,
         description="the UNets that autocast (comma-separated, or 'none'); unset or 'auto': the "
-        "device's measured default, every UNet on a CPU with AMX, sr256 and sr1024 elsewhere",
+        "device's measured default, every UNet on a CPU with native bf16, sr256 and sr1024 on a GPU",
     )
     cast_weights_once: bool = Field(
         default=True,

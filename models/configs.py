@@ -23,11 +23,12 @@ StageName = Literal["clip", "prior", "decoder", "sr256", "sr1024"]
 STAGES: tuple[StageName, ...] = ("clip", "prior", "decoder", "sr256", "sr1024")
 UNET_STAGES: tuple[StageName, ...] = ("decoder", "sr256", "sr1024")
 # The UNets that run under bf16 autocast by default where the device has native bf16
-# (models.execution.default_autocast_stages). On a CPU with AMX every UNet does: the decoder there
-# took 15% less time in bf16 with the same adherence; elsewhere it bought nothing measurable, so it
-# stays float32 (docs/benchmark.md, "The bf16 decoder").
+# (models.execution.default_autocast_stages). On a CPU with native bf16 (AMX or AVX-512 BF16) every
+# UNet does: the decoder took 15% less time in bf16 on an AMX Xeon and 11-21% less on a Zen 4 EPYC
+# with the same adherence. The decoder in bf16 on a GPU is unmeasured, so there only the
+# upsamplers autocast (docs/benchmark.md, "The bf16 decoder").
 DEFAULT_AUTOCAST_STAGES: tuple[StageName, ...] = ("sr256", "sr1024")
-AMX_AUTOCAST_STAGES: tuple[StageName, ...] = UNET_STAGES
+CPU_AUTOCAST_STAGES: tuple[StageName, ...] = UNET_STAGES
 
 
 @dataclass(frozen=True)

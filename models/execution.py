@@ -16,8 +16,8 @@ the device computes in bf16 natively, so elsewhere the default runs in float32.
   norm costs a layout copy of the map and the convolution after it another one back.
 - ``autocast``: bfloat16 autocast for the stages in ``autocast_stages`` where the device has
   bfloat16 arithmetic (the sampler's math stays float32). ``autocast_stages`` None (the default)
-  is the device's measured choice, :func:`default_autocast_stages`: every UNet on a CPU with AMX,
-  the upsamplers elsewhere. ``cast_weights_once``: those stages
+  is the device's measured choice, :func:`default_autocast_stages`: every UNet on a CPU with native bf16
+  (AMX or AVX-512 BF16), the upsamplers on a GPU. ``cast_weights_once``: those stages
   call a copy of the network whose convolution and linear weights are already bfloat16, the values
   autocast would cast them to in every forward (about 280 casts per sr256 step), so the images
   are the same and the casts are paid once at load; the plain module stays float32.
@@ -50,7 +50,7 @@ from typing import Any, Literal
 import torch
 from torch import nn
 
-from models.configs import AMX_AUTOCAST_STAGES, DEFAULT_AUTOCAST_STAGES, UNET_STAGES, StageName
+from models.configs import CPU_AUTOCAST_STAGES, DEFAULT_AUTOCAST_STAGES, UNET_STAGES, StageName
 from models.nn import GroupNorm32
 from models.unet import AttentionBlock, ResBlock
 
@@ -138,12 +138,17 @@ def bf16_supported(device: torch.device) -> bool:
 
 
 def default_autocast_stages(device: torch.device) -> tuple[StageName, ...]:
-    """The UNets that autocast on ``device`` unless chosen otherwise: every one on a CPU with AMX
-    (there the decoder took 0.231 → 0.197 s an image in bf16, shape 92.0 → 92.5% on 200 prompts:
-    2-core Xeon, 2026-12-06), the upsamplers elsewhere (an AVX-512 BF16 EPYC's decoder gained
-    nothing measurable; a GPU's is to be measured)."""
-    if device.type == "cpu" and torch.cpu._is_amx_tile_supported():
-        return AMX_AUTOCAST_STAGES
+    """The UNets that autocast on ``device`` unless chosen otherwise: every one on the CPU, the
+    upsamplers elsewhere (a GPU's bf16 decoder is to be measured). On a CPU without native bf16
+    nothing autocasts whatever the list says (:meth:`ExecutionConfig.autocast_dtype`).
+
+    The decoder in bf16, against float32, 2026-12-06: on a 2-core AMX Xeon 0.231 → 0.197 s an
+    image, shape 92.0 → 92.5% on 200 prompts; on a 2-core Zen 4 EPYC (AVX-512 BF16, no AMX)
+    0.698 → 0.623 s at batch 1 and 0.395 → 0.312 at batch 8 (``bench/results/compare-zen4.md``).
+    Zen 4 gained nothing before GroupNorm's slow small-map bf16 kernel was routed around
+    (:func:`models.nn._group_norm`)."""
+    if device.type == "cpu":
+        return CPU_AUTOCAST_STAGES
     return DEFAULT_AUTOCAST_STAGES
 
 

@@ -11,7 +11,7 @@ import argparse
 import dataclasses
 from typing import TYPE_CHECKING, cast
 
-from models.configs import AMX_AUTOCAST_STAGES, DEFAULT_AUTOCAST_STAGES, UNET_STAGES, StageName
+from models.configs import CPU_AUTOCAST_STAGES, DEFAULT_AUTOCAST_STAGES, UNET_STAGES, StageName
 
 if TYPE_CHECKING:  # models.execution imports torch, which `unclip generate --help` must not load
     from models.execution import ExecutionConfig
@@ -38,7 +38,7 @@ def add_execution_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="STAGES",
         help=f"UNets run under bfloat16 autocast where the CPU or GPU has native bf16 "
         f"('none', or a comma-separated list of {', '.join(UNET_STAGES)}; default: "
-        f"{','.join(AMX_AUTOCAST_STAGES)} on a CPU with AMX, else {','.join(DEFAULT_AUTOCAST_STAGES)})",
+        f"{','.join(CPU_AUTOCAST_STAGES)} on a CPU, {','.join(DEFAULT_AUTOCAST_STAGES)} on a GPU)",
     )
 
 
