@@ -112,6 +112,11 @@ class Settings(BaseSettings):
         description="the UNets' SiLUs and residual sums write over maps nothing reads again "
         "(the same numbers; a memory-bound pass over one buffer instead of two)",
     )
+    fuse_embedding_projections: bool = Field(
+        default=True,
+        description="a UNet's residual blocks project the timestep embedding in one matmul per "
+        "forward instead of one small matmul each (the same images within rounding)",
+    )
     keep_freed_memory: bool = Field(
         default=True,
         description="glibc's malloc keeps freed tensor memory for reuse instead of unmapping it "

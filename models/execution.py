@@ -35,6 +35,9 @@ the device computes in bf16 natively, so elsewhere the default runs in float32.
 - ``in_place_activations``: outside autograd, a residual block's SiLUs and its residual sum
   write over the maps they read (nothing reads them again): the same numbers, one buffer per
   memory-bound pass instead of two.
+- ``fuse_embedding_projections``: outside autograd, every residual block's projection of the
+  timestep embedding runs as one matmul per forward instead of one small one per block
+  (:class:`models.unet.EmbeddingProjections`): at a few rows those are calls, not arithmetic.
 - ``native_norms_on_gpu``: on CUDA, GroupNorm takes a half-precision map as it is (PyTorch's CUDA
   kernel accumulates in float32), as diffusers' networks do, instead of through float32 copies
   of the whole map before and after. Off until measured on a GPU (docs/benchmark.md, "On a GPU").
@@ -52,7 +55,7 @@ from torch import nn
 
 from models.configs import CPU_AUTOCAST_STAGES, DEFAULT_AUTOCAST_STAGES, UNET_STAGES, StageName
 from models.nn import GroupNorm32
-from models.unet import AttentionBlock, ResBlock
+from models.unet import AttentionBlock, ResBlock, UNetModel
 
 AutocastMode = Literal["off", "bfloat16"]
 
@@ -88,6 +91,7 @@ class ExecutionConfig:
     native_norms_on_gpu: bool = False
     fold_scale_shift: bool = True
     in_place_activations: bool = True
+    fuse_embedding_projections: bool = True
 
     def uses_channels_last(self, device: torch.device) -> bool:
         """Whether the UNets run channels-last (NHWC) on ``device``."""
@@ -123,6 +127,7 @@ BASELINE = ExecutionConfig(
     micro_batch_sr1024=0,
     fold_scale_shift=False,
     in_place_activations=False,
+    fuse_embedding_projections=False,
 )
 
 
@@ -249,6 +254,8 @@ def prepare_network(
             layer.fold_scale_shift = config.fold_scale_shift
         elif isinstance(layer, ResBlock):
             layer.reuse_maps = config.in_place_activations
+    if config.fuse_embedding_projections and isinstance(network, UNetModel):
+        network.fuse_embedding_projections()  # from the weights as cast above
     if config.uses_channels_last(device):
         network.to(memory_format=torch.channels_last)
     graphs = config.cuda_graphs and device.type == "cuda"

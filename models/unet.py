@@ -12,6 +12,8 @@ train on crops and sample at full size). Attention placement is by downsampling 
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -96,11 +98,16 @@ class ResBlock(nn.Module):
         self.skip = nn.Identity() if out_channels == channels else nn.Conv2d(channels, out_channels, 1)
         # Set by models.execution.prepare_network (ExecutionConfig.in_place_activations).
         self.reuse_maps = False
+        # This block's place in its UNet's EmbeddingProjections (UNetModel.fuse_embedding_projections).
+        self.projection_slot = -1
 
-    def forward(self, x: torch.Tensor, emb: torch.Tensor) -> torch.Tensor:
+    def forward(
+        self, x: torch.Tensor, emb: torch.Tensor, emb_out: torch.Tensor | None = None
+    ) -> torch.Tensor:
         """
         :param x: [N x C x H x W] features.
         :param emb: [N x emb_channels] timestep (+ CLIP) embedding.
+        :param emb_out: [N x (2*)out] ``emb_layers(emb)`` when computed already (EmbeddingProjections).
         :return: [N x out x H' x W'] (H' = 2H up, H/2 down, else H).
         """
         # Outside autograd, the SiLUs and the residual sum write over maps nothing reads again:
@@ -111,7 +118,9 @@ class ResBlock(nn.Module):
         h = self.resample(h)  # [N x C x H' x W']
         x = self.resample(x)  # [N x C x H' x W']
         h = self.in_conv(h)  # [N x out x H' x W']
-        emb_out = self.emb_layers(emb).to(h.dtype)[..., None, None]  # [N x (2*)out x 1 x 1]
+        if emb_out is None:
+            emb_out = self.emb_layers(emb)  # [N x (2*)out]
+        emb_out = emb_out.to(h.dtype)[..., None, None]  # [N x (2*)out x 1 x 1]
         if self.use_scale_shift_norm:
             scale, shift = emb_out.chunk(2, dim=1)
             h = self.out_norm.scale_shift(h, scale, shift)
@@ -219,6 +228,40 @@ class AttentionBlock(nn.Module):
         return out.transpose(1, 2).view(n, c, height, width)  # [N x C x H x W], channels_last strides
 
 
+class EmbeddingProjections(nn.Module):
+    """Every residual block's embedding projection (``emb_layers``: SiLU, then a Linear, of the
+    one embedding) as a single matmul whose output is split per block.
+
+    At a few rows each projection is a matrix-vector product whose time is the call and the cold
+    read of its weights, not arithmetic: the bundled decoder's 20 took 2–4 ms of a 25 ms forward at
+    two rows (the guided pair of one image), and one matmul over the same weights about 0.1 ms
+    (2-core Zen 4 EPYC, 2026-12-06). The weights are a copy of the blocks' own, made when the
+    network is prepared for sampling (``models.execution.prepare_network``); :class:`UNetModel`
+    uses it only outside autograd, so a prepared network that is trained further computes
+    through its blocks' own layers.
+    """
+
+    def __init__(self, blocks: Sequence[ResBlock]):
+        super().__init__()
+        linears: list[nn.Linear] = []
+        for block in blocks:
+            layer = block.emb_layers[1]
+            if not isinstance(layer, nn.Linear) or layer.bias is None:
+                raise TypeError("every block's emb_layers must be (SiLU, Linear with a bias)")
+            linears.append(layer)
+        self.sizes = [layer.out_features for layer in linears]
+        self.weight: torch.Tensor
+        self.bias: torch.Tensor
+        weight = torch.cat([layer.weight.detach() for layer in linears])  # [sum(out) x E]
+        bias = torch.cat([layer.bias.detach() for layer in linears if layer.bias is not None])  # [sum(out)]
+        self.register_buffer("weight", weight, persistent=False)
+        self.register_buffer("bias", bias, persistent=False)
+
+    def forward(self, emb: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """:param emb: [N x E] → one [N x (2*)out] tensor per block, in slot order."""
+        return F.linear(F.silu(emb), self.weight, self.bias).split(self.sizes, dim=1)
+
+
 class TimestepEmbedSequential(nn.Sequential):
     """A sequence that hands the embedding to residual blocks and the context to attention blocks."""
 
@@ -228,10 +271,12 @@ class TimestepEmbedSequential(nn.Sequential):
         emb: torch.Tensor,
         context: torch.Tensor | None = None,
         context_mask: torch.Tensor | None = None,
+        projections: Sequence[torch.Tensor] | None = None,
     ) -> torch.Tensor:
+        """:param projections: every residual block's ``emb_layers(emb)``, by ``projection_slot``."""
         for layer in self:
             if isinstance(layer, ResBlock):
-                x = layer(x, emb)
+                x = layer(x, emb, None if projections is None else projections[layer.projection_slot])
             elif isinstance(layer, AttentionBlock):
                 x = layer(x, context, context_mask)
             else:
@@ -296,6 +341,15 @@ class UNetModel(nn.Module):
             nn.SiLU(),
             zero_module(nn.Conv2d(ch, self.out_channels * patch * patch, 3, padding=1)),
         )
+        self.embedding_projections: EmbeddingProjections | None = None
+
+    def fuse_embedding_projections(self) -> None:
+        """Compute every residual block's embedding projection in one matmul from now on, outside
+        autograd (:class:`EmbeddingProjections`, from the weights as they are now)."""
+        blocks = [layer for layer in self.modules() if isinstance(layer, ResBlock)]
+        for slot, block in enumerate(blocks):
+            block.projection_slot = slot
+        self.embedding_projections = EmbeddingProjections(blocks)
 
     # -- construction -----------------------------------------------------------------------------
     def _res(self, channels: int, out_channels: int, up: bool = False, down: bool = False) -> ResBlock:
@@ -383,17 +437,20 @@ class UNetModel(nn.Module):
             emb = emb + time_add.to(emb.dtype)  # [N x E]
         elif clip_embed is not None or text_tokens is not None:
             raise ValueError("this UNet has no CLIP/text conditioning (config.clip_embed_dim is None)")
+        projections = None
+        if self.embedding_projections is not None and not torch.is_grad_enabled():
+            projections = self.embedding_projections(emb)  # one [N x (2*)out] per residual block
         patch = self.config.patch_size
         h = F.pixel_unshuffle(x, patch) if patch > 1 else x  # [N x C*p*p x H/p x W/p]
         skips = []
         for i, block in enumerate(self.input_blocks):
-            h = block(h, emb, context, context_mask)  # [N x ch x H/(p*ds) x W/(p*ds)]
+            h = block(h, emb, context, context_mask, projections)  # [N x ch x H/(p*ds) x W/(p*ds)]
             if i == 0 and self.position is not None:
                 h = h + self.position.to(h.dtype)
             skips.append(h)
-        h = self.middle_block(h, emb, context, context_mask)
+        h = self.middle_block(h, emb, context, context_mask, projections)
         for block in self.output_blocks:
-            h = block(torch.cat([h, skips.pop()], dim=1), emb, context, context_mask)
-        h = self.refine_blocks(h, emb, context, context_mask)
+            h = block(torch.cat([h, skips.pop()], dim=1), emb, context, context_mask, projections)
+        h = self.refine_blocks(h, emb, context, context_mask, projections)
         out = self.out(h)  # [N x out*p*p x H/p x W/p]
         return F.pixel_shuffle(out, patch) if patch > 1 else out  # [N x out x H x W]

@@ -205,6 +205,7 @@ def execution_from_settings(settings: Settings) -> ExecutionConfig:
         native_norms_on_gpu=settings.native_norms_on_gpu,
         fold_scale_shift=settings.fold_scale_shift,
         in_place_activations=settings.in_place_activations,
+        fuse_embedding_projections=settings.fuse_embedding_projections,
     )
 
 

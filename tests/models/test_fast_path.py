@@ -470,6 +470,54 @@ def test_in_place_activations_change_no_number_and_leave_autograd_alone() -> Non
         assert torch.equal(out, plain(x, t))
 
 
+def test_fused_embedding_projections_compute_what_the_blocks_compute() -> None:
+    """One matmul for every block's embedding projection: the same output within float32 rounding
+    (upsampler and decoder, guided rows), each block given its own slice; with autograd recording
+    the blocks' own layers run, so training a prepared network updates what it computes with."""
+    torch.manual_seed(0)
+    config = UNetConfig(image_size=16, model_channels=16, channel_mult=(1, 2), attention_resolutions=(8,))
+    unet = UNetModel(config)
+    for p in unet.parameters():  # out_layers start at zero: give the residual branches weight
+        p.data.normal_(0, 0.1)
+    fused = prepare_network(
+        "sr256", copy.deepcopy(unet), replace(BASELINE, fuse_embedding_projections=True), torch.device("cpu")
+    )
+    plain = prepare_network("sr256", copy.deepcopy(unet), BASELINE, torch.device("cpu"))
+    assert isinstance(fused, UNetModel) and fused.embedding_projections is not None
+    assert isinstance(plain, UNetModel) and plain.embedding_projections is None
+    slots = [b.projection_slot for b in fused.modules() if isinstance(b, ResBlock)]
+    assert slots == list(range(len(slots))) and len(slots) > 4
+    assert fused.state_dict().keys() == unet.state_dict().keys()  # nothing new in the weights files
+    x, t = torch.randn(3, 3, 16, 16), torch.tensor([10, 500, 900])
+    calls = 0
+
+    def count(*_: object) -> None:
+        nonlocal calls
+        calls += 1
+
+    for block in fused.modules():
+        if isinstance(block, ResBlock):
+            block.emb_layers.register_forward_hook(count)
+    with torch.no_grad():
+        torch.testing.assert_close(fused(x, t), plain(x, t), atol=1e-5, rtol=1e-4)
+    assert calls == 0  # every block took its slice of the one matmul
+    fused.requires_grad_(True)
+    fused(x, t).square().mean().backward()
+    assert calls == len(slots)
+    assert all(b.emb_layers[1].weight.grad is not None for b in fused.modules() if isinstance(b, ResBlock))
+
+
+@pytest.mark.slow
+def test_fused_embedding_projections_in_the_pipeline() -> None:
+    """The bundled chain with and without the switch (every UNet in bf16 on a CPU with native
+    bf16, float32 elsewhere): the same images."""
+    fused = _images(load_pipeline(None, execution=ExecutionConfig()))
+    separate = _images(
+        load_pipeline(None, execution=replace(ExecutionConfig(), fuse_embedding_projections=False))
+    )
+    assert np.abs(fused - separate).mean() < 0.5 and np.abs(fused - separate).max() <= 8
+
+
 def test_in_place_residual_keeps_the_dtype_of_the_sum() -> None:
     """Under autocast a block's branch comes out bf16 while an identity skip stays float32: the
     sum is float32 either way, as it was before the switch."""

@@ -40,6 +40,7 @@ def test_every_switch_reaches_the_execution_config() -> None:
         native_norms_on_gpu=True,
         fold_scale_shift=False,
         in_place_activations=False,
+        fuse_embedding_projections=False,
     )
     execution = execution_from_settings(settings)
     assert execution == ExecutionConfig(
@@ -58,6 +59,7 @@ def test_every_switch_reaches_the_execution_config() -> None:
         native_norms_on_gpu=True,
         fold_scale_shift=False,
         in_place_activations=False,
+        fuse_embedding_projections=False,
     )
 
 
