@@ -71,6 +71,7 @@ VARIANTS: dict[str, ExecutionConfig] = {
     "cuda-graphs": replace(ExecutionConfig(), cuda_graphs=True),
     "no-fold": replace(ExecutionConfig(), fold_scale_shift=False),
     "no-in-place": replace(ExecutionConfig(), in_place_activations=False),
+    "separate-projections": replace(ExecutionConfig(), fuse_embedding_projections=False),
     # On CUDA, autocast runs GroupNorm in float32 whatever the switch says: the switch shows
     # alone only on stages that do not autocast (the decoder) or with autocast off.
     "native-norms": replace(ExecutionConfig(), native_norms_on_gpu=True),
