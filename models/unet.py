@@ -236,9 +236,9 @@ class EmbeddingProjections(nn.Module):
     read of its weights, not arithmetic: the bundled decoder's 20 took 2–4 ms of a 25 ms forward at
     two rows (the guided pair of one image), and one matmul over the same weights about 0.1 ms
     (2-core Zen 4 EPYC, 2026-12-06). The weights are a copy of the blocks' own, made when the
-    network is prepared for sampling (``models.execution.prepare_network``); :class:`UNetModel`
-    uses it only outside autograd, so a prepared network that is trained further computes
-    through its blocks' own layers.
+    network is prepared for sampling (``models.execution.prepare_network``). :class:`UNetModel`
+    uses it only outside autograd, so training a prepared network goes through the blocks' own
+    layers; sampling it afterwards needs the projections fused again.
     """
 
     def __init__(self, blocks: Sequence[ResBlock]):
@@ -345,7 +345,8 @@ class UNetModel(nn.Module):
 
     def fuse_embedding_projections(self) -> None:
         """Compute every residual block's embedding projection in one matmul from now on, outside
-        autograd (:class:`EmbeddingProjections`, from the weights as they are now)."""
+        autograd (:class:`EmbeddingProjections`, from the weights as they are now: call it again
+        after changing them)."""
         blocks = [layer for layer in self.modules() if isinstance(layer, ResBlock)]
         for slot, block in enumerate(blocks):
             block.projection_slot = slot

@@ -472,8 +472,8 @@ def test_in_place_activations_change_no_number_and_leave_autograd_alone() -> Non
 
 def test_fused_embedding_projections_compute_what_the_blocks_compute() -> None:
     """One matmul for every block's embedding projection: the same output within float32 rounding
-    (upsampler and decoder, guided rows), each block given its own slice; with autograd recording
-    the blocks' own layers run, so training a prepared network updates what it computes with."""
+    (a small UNet, three rows at three timesteps), no block computing its own; with autograd
+    recording the blocks' own layers run, so gradients reach them."""
     torch.manual_seed(0)
     config = UNetConfig(image_size=16, model_channels=16, channel_mult=(1, 2), attention_resolutions=(8,))
     unet = UNetModel(config)
